@@ -1,0 +1,145 @@
+// deliveries, redeliver and recover: operator commands that work on a store directly, so they
+// need no subscriptions file and never send anything themselves (a worker delivers).
+#include <filesystem>
+#include <iostream>
+
+#include "cli.hpp"
+
+namespace hookline::cli {
+
+namespace {
+
+// Read-only commands must not create an empty SQLite file by mistake.
+std::shared_ptr<delivery_store> open_existing_store(const std::string& uri) {
+  constexpr std::string_view sqlite = "sqlite:";
+  if (uri.rfind(sqlite, 0) == 0) {
+    const std::string path = uri.substr(sqlite.size());
+    std::error_code ec;
+    if (path != ":memory:" && !std::filesystem::exists(path, ec)) {
+      throw usage_error("--store: " + uri + ": no such file");
+    }
+  }
+  try {
+    return make_store(uri);
+  } catch (const hookline::error& e) {
+    throw usage_error(std::string("--store: ") + e.what());
+  }
+}
+
+std::string when(time_point t) {
+  return t == time_point{} ? std::string("-") : format_iso8601(t);
+}
+
+nlohmann::json message_json(const message& m) {
+  nlohmann::json j = {{"id", m.id},
+                      {"subscriptionId", m.subscription_id},
+                      {"eventId", m.event_id},
+                      {"eventName", m.event_name},
+                      {"url", m.url},
+                      {"httpMethod", m.http_method},
+                      {"status", std::string(to_string(m.status))},
+                      {"attempts", m.attempts},
+                      {"createdAt", format_iso8601(m.created_at)},
+                      {"updatedAt", format_iso8601(m.updated_at)},
+                      {"lastStatus", m.last_status},
+                      {"lastError", m.last_error},
+                      {"ordered", m.ordered},
+                      {"sequence", m.sequence},
+                      {"bodyLength", m.body.size()}};
+  j["nextAttemptAt"] = m.status == message_status::pending
+                           ? nlohmann::json(format_iso8601(m.next_attempt_at))
+                           : nlohmann::json(nullptr);
+  return j;
+}
+
+std::string clip(std::string s, std::size_t max) {
+  for (auto& c : s) {
+    if (c == '\n' || c == '\r' || c == '\t') c = ' ';
+  }
+  if (s.size() > max) s = s.substr(0, max - 3) + "...";
+  return s;
+}
+
+void print_table(const std::vector<message>& ms) {
+  const std::vector<std::string> head = {"MESSAGE", "SUBSCRIPTION", "EVENT",
+                                         "STATUS",  "ATTEMPTS",     "HTTP",
+                                         "CREATED", "NEXT ATTEMPT", "LAST ERROR"};
+  std::vector<std::vector<std::string>> rows;
+  for (const auto& m : ms) {
+    rows.push_back({m.id, m.subscription_id, m.event_name, std::string(to_string(m.status)),
+                    std::to_string(m.attempts),
+                    m.last_status ? std::to_string(m.last_status) : std::string("-"),
+                    when(m.created_at),
+                    m.status == message_status::pending ? when(m.next_attempt_at) : "-",
+                    m.last_error.empty() ? std::string("-") : clip(m.last_error, 70)});
+  }
+  std::vector<std::size_t> width(head.size());
+  for (std::size_t i = 0; i < head.size(); ++i) width[i] = head[i].size();
+  for (const auto& r : rows) {
+    for (std::size_t i = 0; i < r.size(); ++i) width[i] = std::max(width[i], r[i].size());
+  }
+  auto print = [&](const std::vector<std::string>& r) {
+    std::string line;
+    for (std::size_t i = 0; i < r.size(); ++i) {
+      line += r[i];
+      if (i + 1 < r.size()) line += std::string(width[i] - r[i].size() + 2, ' ');
+    }
+    std::cout << line << "\n";
+  };
+  print(head);
+  for (const auto& r : rows) print(r);
+}
+
+}  // namespace
+
+int run_deliveries(const deliveries_flags& f) {
+  message_query q;
+  if (!f.status.empty()) {
+    q.status = parse_message_status(f.status);
+    if (!q.status)
+      throw usage_error("--status: \"" + f.status + "\" is not pending, delivered or dead");
+  }
+  if (!f.subscription.empty()) q.subscription_id = f.subscription;
+  q.limit = f.limit;
+  auto store = open_existing_store(f.store);
+  const auto ms = store->query(q);
+  if (f.json) {
+    for (const auto& m : ms) std::cout << message_json(m).dump() << "\n";
+  } else {
+    print_table(ms);
+  }
+  std::cout.flush();
+  return exit_ok;
+}
+
+int run_redeliver(const std::string& uri, const std::string& message_id) {
+  auto store = open_existing_store(uri);
+  if (!store->redeliver(message_id, std::chrono::system_clock::now())) {
+    console::instance().error_line("redeliver: no message \"" + message_id + "\" in " + uri);
+    return exit_failed;
+  }
+  std::cout << "message " << message_id
+            << " is pending again; a running worker (or the next one) delivers it" << std::endl;
+  return exit_ok;
+}
+
+int run_recover(const std::string& uri, const std::string& subscription_id,
+                const std::string& since) {
+  time_point from{};
+  if (!since.empty()) {
+    auto t = parse_iso8601(since);
+    if (!t) {
+      throw usage_error("--since: \"" + since +
+                        "\" is not an ISO 8601 date or time (e.g. 2026-11-27 or "
+                        "2026-11-27T08:00:00Z)");
+    }
+    from = *t;
+  }
+  auto store = open_existing_store(uri);
+  const auto n = store->recover(subscription_id, from, std::chrono::system_clock::now());
+  std::cout << "recovered " << n << " dead message" << (n == 1 ? "" : "s") << " of subscription \""
+            << subscription_id << "\"" << (since.empty() ? "" : " since " + since) << std::endl;
+  return exit_ok;
+}
+
+}  // namespace hookline::cli

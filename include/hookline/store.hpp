@@ -1,0 +1,165 @@
+#pragma once
+// Thread safety: every delivery_store implementation is safe to call from several threads at
+// once (the hub publishes from host threads while the dispatcher claims and completes).
+
+#include <chrono>
+#include <cstdint>
+#include <memory>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <vector>
+
+namespace hookline {
+
+using time_point = std::chrono::system_clock::time_point;
+
+enum class message_status { pending, delivered, dead };
+std::string_view to_string(message_status s);
+std::optional<message_status> parse_message_status(std::string_view s);
+
+/// One delivery: one event for one subscription. Its id is the `webhook-id`, stable across
+/// retries, restarts and replays.
+struct message {
+  std::string id;
+  std::string subscription_id;
+  std::string event_id;
+  std::string event_name;
+  std::string url;          ///< the endpoint, copied at publish time
+  std::string http_method;  ///< copied at publish time
+  std::string body;         ///< rendered at publish time; the bytes that are signed and sent
+  bool ordered = false;     ///< deliver after every earlier message of its subscription
+  message_status status = message_status::pending;
+  int attempts = 0;
+  time_point created_at{};
+  time_point next_attempt_at{};  ///< when it is due (pending only)
+  time_point updated_at{};
+  int last_status = 0;     ///< HTTP status of the last attempt, 0 if none
+  std::string last_error;  ///< why the last attempt failed / why it is dead
+  std::int64_t sequence = 0;  ///< store-assigned, increasing in enqueue order
+};
+
+/// One HTTP attempt, as recorded in the attempt log.
+struct attempt_record {
+  std::string message_id;
+  std::string subscription_id;
+  std::string event_id;
+  std::string event_name;
+  std::string url;
+  std::string http_method;
+  int attempt = 0;  ///< 1-based
+  time_point started_at{};
+  std::chrono::microseconds duration{0};
+  int status_code = 0;  ///< 0 when no response was received
+  std::string error;    ///< empty when an HTTP response was received and accepted
+  std::size_t request_length = 0;
+  std::size_t response_length = 0;
+  std::string response_head;  ///< the start of the response body, bounded
+  bool success = false;
+};
+
+struct claim_request {
+  std::size_t max = 64;
+  time_point now{};
+  std::chrono::milliseconds lease{60000};
+  std::string worker_id;
+};
+
+struct message_query {
+  std::optional<message_status> status;
+  std::optional<std::string> subscription_id;
+  std::optional<time_point> since;  ///< created_at >= since
+  std::size_t limit = 1000;
+};
+
+struct attempt_query {
+  std::optional<std::string> message_id;
+  std::optional<std::string> subscription_id;
+  std::optional<time_point> since;
+  std::size_t limit = 1000;
+};
+
+struct store_counts {
+  std::size_t pending = 0;
+  std::size_t delivered = 0;
+  std::size_t dead = 0;
+  std::size_t in_flight = 0;  ///< pending with a live lease
+};
+
+/// Per-subscription statistics (sensenet's, with failures included).
+struct subscription_stats {
+  std::size_t calls = 0;  ///< attempts
+  std::size_t status_1xx = 0, status_2xx = 0, status_3xx = 0, status_4xx = 0, status_5xx = 0;
+  std::size_t failures = 0;  ///< attempts that did not succeed (including network errors)
+  std::size_t errors = 0;    ///< attempts without an HTTP response
+  std::uint64_t request_bytes = 0, response_bytes = 0;
+  double success_rate() const { return calls ? double(status_2xx) / double(calls) : 0.0; }
+};
+
+/// Subscription state the dispatcher changes and that must survive restarts.
+struct subscription_state {
+  std::string subscription_id;
+  bool disabled = false;
+  std::string reason;
+  std::optional<time_point> failing_since;  ///< start of the current failure streak
+};
+
+/// The durable outbox. Implementations: memory, SQLite, PostgreSQL (make_store()).
+class delivery_store {
+ public:
+  virtual ~delivery_store() = default;
+
+  /// Stores new pending messages (assigning `sequence`); durable when it returns.
+  virtual void enqueue(std::vector<message>& batch) = 0;
+  /// Leases up to `max` due pending messages (next_attempt_at <= now, no live lease), oldest due
+  /// first. An ordered message is only returned when no earlier pending message of its
+  /// subscription exists.
+  virtual std::vector<message> claim(const claim_request& req) = 0;
+  /// The attempt succeeded: status delivered, lease released, attempt recorded.
+  virtual void complete(const std::string& id, const attempt_record& a) = 0;
+  /// Retry later: still pending, due at `next`, lease released, attempt recorded.
+  virtual void reschedule(const std::string& id, time_point next, const attempt_record& a) = 0;
+  /// Give up: status dead with `reason`; `a` (if any) recorded.
+  virtual void dead_letter(const std::string& id, const std::string& reason,
+                           const attempt_record* a) = 0;
+  /// Releases a lease without an attempt (stop, or the endpoint is busy): due again at `next`.
+  virtual void release(const std::string& id, time_point next) = 0;
+  /// Releases every lease held by `worker_id` (a clean stop, or a predecessor known dead).
+  virtual std::size_t release_worker(const std::string& worker_id) = 0;
+  /// Makes a delivered or dead message pending again, due at `now`. False if unknown.
+  virtual bool redeliver(const std::string& id, time_point now) = 0;
+  /// Makes every dead message of a subscription created since `since` pending; returns the count.
+  virtual std::size_t recover(const std::string& subscription_id, time_point since,
+                              time_point now) = 0;
+  virtual std::optional<message> get(const std::string& id) = 0;
+  virtual std::vector<message> query(const message_query& q) = 0;
+  virtual std::vector<attempt_record> attempts(const attempt_query& q) = 0;
+  virtual store_counts counts(time_point now) = 0;
+  virtual subscription_stats stats(const std::string& subscription_id) = 0;
+  /// The earliest next_attempt_at among unleased pending messages (the dispatcher sleeps until
+  /// then or until woken).
+  virtual std::optional<time_point> next_due(time_point now) = 0;
+  /// Blocks up to `timeout` for work published by another process (PostgreSQL LISTEN/NOTIFY);
+  /// stores without cross-process wake-ups return at once with false.
+  virtual bool wait_for_notification(std::chrono::milliseconds timeout) {
+    (void)timeout;
+    return false;
+  }
+  virtual void save_state(const subscription_state& s) = 0;
+  virtual std::vector<subscription_state> load_states() = 0;
+  /// Deletes delivered messages and attempts older than `before`; returns rows removed.
+  virtual std::size_t prune(time_point before) = 0;
+};
+
+struct store_options {
+  /// Delivered messages and attempts older than this are pruned (dead ones only when replayed).
+  std::chrono::hours retention{24 * 30};
+  /// The request timeout the store's leases must outlast (make_store refuses a shorter lease).
+  std::chrono::milliseconds request_timeout{15000};
+};
+
+/// Opens a store from a URI: `memory:`, `sqlite:PATH`, `postgres:CONNINFO`. Throws
+/// hookline::error naming the URI (never a password in it) on failure.
+std::shared_ptr<delivery_store> make_store(std::string_view uri, const store_options& options = {});
+
+}  // namespace hookline

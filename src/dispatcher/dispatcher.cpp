@@ -1,0 +1,600 @@
+#include "dispatcher/dispatcher.hpp"
+
+#include <pthread.h>
+
+#include <algorithm>
+#include <cmath>
+
+#include "dispatcher/request.hpp"
+
+namespace hookline::detail {
+
+namespace {
+
+using steady = std::chrono::steady_clock;
+using std::chrono::duration_cast;
+using std::chrono::milliseconds;
+
+constexpr milliseconds max_poll{100};  // longest real wait, so a manual clock never deadlocks
+constexpr std::size_t max_claim = 256;
+
+// The endpoint as it may appear in a log line: no user info, query or fragment (they may hold
+// credentials).
+std::string loggable_url(std::string_view url) {
+  auto scheme = url.find("://");
+  std::size_t start = scheme == std::string_view::npos ? 0 : scheme + 3;
+  auto cut = url.find_first_of("?#", start);
+  std::string out(url.substr(0, cut));
+  auto at = out.find('@', start);
+  auto slash = out.find('/', start);
+  if (at != std::string::npos && (slash == std::string::npos || at < slash))
+    out.erase(start, at - start + 1);
+  return out;
+}
+
+std::string iso(time_point t) {
+  return format_iso8601(t);
+}
+
+}  // namespace
+
+dispatcher::dispatcher(dispatcher_context ctx)
+    : ctx_(std::move(ctx)), shared_(std::make_shared<shared>()), rng_(std::random_device{}()) {
+  const auto& d = ctx_.delivery;
+  lease_ = duration_cast<milliseconds>(d.request_timeout * 2 + std::chrono::seconds(5));
+  queue_cap_ = std::max<std::size_t>(32, d.endpoint_concurrency * 2);
+  claim_limit_ = std::clamp<std::size_t>(d.max_in_flight, 1, max_claim);
+  for (const auto& s : ctx_.store->load_states())
+    if (!s.disabled && s.failing_since) failing_[s.subscription_id] = {*s.failing_since, true};
+
+  transport_options to;
+  to.allow_private_networks = d.allow_private_networks;
+  to.allowed_cidrs = d.allowed_cidrs;
+  to.verify_tls = d.verify_tls;
+  to.ca_file = d.ca_file;
+  to.proxy = d.proxy;
+  to.max_response_bytes = d.max_response_bytes;
+  to.user_agent = ctx_.user_agent;
+  to.max_connections = std::max<std::size_t>(d.max_in_flight, 16);
+  shared* sh = shared_.get();
+  transport_ = std::make_unique<transport>(
+      std::move(to),
+      [sh](http_response&& r) {
+        std::lock_guard lock(sh->mutex);
+        sh->completions.push_back(std::move(r));
+        sh->cv.notify_one();
+      },
+      ctx_.logger);
+  ctx_.clock->on_advance([weak = std::weak_ptr<shared>(shared_)] {
+    if (auto s = weak.lock()) {
+      std::lock_guard lock(s->mutex);
+      s->woken = true;
+      s->cv.notify_one();
+    }
+  });
+  thread_ = std::thread([this] {
+    pthread_setname_np(pthread_self(), "hookline-disp");  // for top, perf and gdb
+    run();
+  });
+}
+
+dispatcher::~dispatcher() {
+  stop(std::chrono::milliseconds(0));
+}
+
+void dispatcher::wake() {
+  std::lock_guard lock(shared_->mutex);
+  shared_->woken = true;
+  shared_->cv.notify_one();
+}
+
+void dispatcher::stop(duration drain_timeout) {
+  std::lock_guard guard(stop_mutex_);
+  if (stopped_) return;
+  {
+    std::lock_guard lock(shared_->mutex);
+    shared_->stopping = true;
+    shared_->drain_deadline = steady::now() + drain_timeout;
+    shared_->cv.notify_one();
+  }
+  if (thread_.joinable()) thread_.join();
+  transport_.reset();
+  stopped_ = true;
+}
+
+template <class F>
+void dispatcher::call_hook(const char* name, F&& f) {
+  try {
+    f();
+  } catch (const std::exception& e) {
+    ctx_.logger->error("hook {} threw: {}", name, e.what());
+  } catch (...) {
+    ctx_.logger->error("hook {} threw a non-standard exception", name);
+  }
+}
+
+void dispatcher::run() {
+  auto& sh = *shared_;
+  bool transport_stopped = false;
+  steady::time_point hard_deadline{};
+  while (true) {
+    std::vector<http_response> done;
+    bool stopping = false;
+    steady::time_point drain_deadline;
+    {
+      std::lock_guard lock(sh.mutex);
+      done.swap(sh.completions);
+      sh.woken = false;
+      stopping = sh.stopping;
+      drain_deadline = sh.drain_deadline;
+    }
+    const auto now = ctx_.clock->now();
+    draining_ = stopping;
+    bool failed = false;
+    try {
+      for (auto& r : done) handle(std::move(r), now);
+      if (stopping) {
+        drain_local(now);
+      } else {
+        turn(now);
+      }
+    } catch (const std::exception& e) {
+      failed = true;
+      // A store that lost its database keeps failing; one line a second is enough.
+      if (steady::now() - last_error_log_ > std::chrono::seconds(1)) {
+        ctx_.logger->error("dispatcher: {}", e.what());
+        last_error_log_ = steady::now();
+      }
+    }
+    busy_.store(in_flight_ + waiting_ + parked_count_);
+    if (!done.empty() && ctx_.on_progress) ctx_.on_progress();
+
+    milliseconds wait = max_poll;
+    if (stopping) {
+      if (in_flight_ == 0) break;
+      const auto t = steady::now();
+      if (!transport_stopped && t >= drain_deadline) {
+        transport_->stop();  // what is left completes as cancelled and is released
+        transport_stopped = true;
+        hard_deadline = t + std::chrono::seconds(5);
+      }
+      if (transport_stopped && t >= hard_deadline) {
+        ctx_.logger->error("dispatcher: {} requests did not finish after cancel", in_flight_);
+        break;
+      }
+      if (!transport_stopped)
+        wait =
+            std::clamp(duration_cast<milliseconds>(drain_deadline - t), milliseconds(1), max_poll);
+    } else if (failed) {
+      wait = milliseconds(250);
+    } else {
+      const auto at = next_wake(now);
+      wait = at <= now
+                 ? milliseconds(0)
+                 : std::min(max_poll, duration_cast<milliseconds>(at - now) + milliseconds(1));
+      if (wait.count() > 0 && in_flight_ == 0 && waiting_ == 0) {
+        // Nothing here can complete, so listening for another process's NOTIFY costs no local
+        // latency except a publish from this process while we listen (bounded by `wait`).
+        const auto t0 = steady::now();
+        try {
+          if (ctx_.store->wait_for_notification(wait)) continue;
+        } catch (const std::exception& e) {
+          ctx_.logger->error("dispatcher: waiting for notifications: {}", e.what());
+        }
+        wait -= std::min(wait, duration_cast<milliseconds>(steady::now() - t0));
+      }
+    }
+    if (wait.count() <= 0) continue;
+    std::unique_lock lock(sh.mutex);
+    sh.cv.wait_for(lock, wait,
+                   [&] { return sh.woken || !sh.completions.empty() || sh.stopping != stopping; });
+  }
+  busy_.store(0);
+  if (ctx_.on_progress) ctx_.on_progress();
+}
+
+void dispatcher::turn(time_point now) {
+  const auto t = steady::now();
+  if (t - last_sweep_ > std::chrono::seconds(30)) {
+    sweep(now);
+    last_sweep_ = t;
+  }
+  pump(now);
+  // With no subscriptions every claimed message would die as "subscription removed": a hub
+  // opened on a store with pending messages waits until the host has loaded its subscriptions.
+  if (ctx_.subscriptions->current()->size() == 0) return;
+  const auto max_in_flight = std::max<std::size_t>(1, ctx_.delivery.max_in_flight);
+  for (int round = 0; round < 8 && in_flight_ < max_in_flight && t >= claim_pause_until_; ++round) {
+    const auto due = ctx_.store->next_due(now);
+    if (!due || *due > now) break;
+    claim_request req;
+    req.max = std::min(max_in_flight - in_flight_, claim_limit_);
+    req.now = now;
+    req.lease = lease_;
+    req.worker_id = ctx_.worker_id;
+    auto batch = ctx_.store->claim(req);
+    if (batch.empty()) {
+      // Due but not claimable (leased elsewhere): do not spin on it.
+      claim_pause_until_ = t + milliseconds(50);
+      break;
+    }
+    const auto snap = ctx_.subscriptions->current();
+    const auto deferrals_before = deferrals_;
+    const auto n = batch.size();
+    for (auto& m : batch) route(std::move(m), snap, now);
+    const auto deferred = deferrals_ - deferrals_before;
+    // Claiming what cannot go only churns the store: shrink the claims while most of them are
+    // sent back, grow them again when they go out.
+    if (deferred * 2 > n)
+      claim_limit_ = std::max<std::size_t>(8, claim_limit_ / 2);
+    else
+      claim_limit_ = std::min(std::min(max_claim, max_in_flight), claim_limit_ * 2);
+    if (deferred == n) {
+      claim_pause_until_ = t + milliseconds(50);
+      break;
+    }
+    if (n < req.max) break;
+  }
+}
+
+void dispatcher::route(message m, const std::shared_ptr<const snapshot>& snap, time_point now) {
+  if (draining_) {
+    ctx_.store->release(m.id, now);  // stopping: nothing new starts
+    return;
+  }
+  auto sub = snap->find(m.subscription_id);
+  if (!sub) {
+    dead(m, "subscription removed", nullptr);
+    return;
+  }
+  if (!sub->enabled) {
+    dead(m, "subscription disabled", nullptr);
+    return;
+  }
+  std::string saved_reason;
+  if (ctx_.take_saved_disabled && ctx_.take_saved_disabled(sub->id, saved_reason)) {
+    ctx_.subscriptions->set_enabled(sub->id, false);
+    dead(m, "subscription disabled: " + saved_reason, nullptr);
+    return;
+  }
+  if (m.ordered) {
+    if (ordered_busy_.count(m.subscription_id) != 0) {
+      // Only possible after a replay moved an older message to the head: hold it until the
+      // message in flight finishes, so one at a time still holds.
+      parked_[m.subscription_id].push_back(std::move(m));
+      ++parked_count_;
+      return;
+    }
+    ordered_busy_.insert(m.subscription_id);
+  }
+  const std::string key = sub->url;
+  auto& ep = endpoints_[key];
+  offer(key, ep, waiting{std::move(m), std::move(sub), now}, now);
+}
+
+void dispatcher::offer(const std::string& key, endpoint& ep, waiting w, time_point now) {
+  if (ep.queue.empty() && try_send(key, ep, w, now)) return;
+  if (ep.breaker.is_open(now)) {
+    defer(w, ep.breaker.open_until());
+    return;
+  }
+  if (ep.queue.size() < queue_cap_) {
+    ep.queue.push_back(std::move(w));
+    ++waiting_;
+    waiting_endpoints_.insert(key);
+    return;
+  }
+  // The endpoint's queue is full: back to the store, due about when the endpoint should have
+  // room, spread so they do not all return at once.
+  const double ahead = double(ep.queue.size() + ep.deferred);
+  time_point at;
+  if (!ep.bucket.available(now)) {
+    at = ep.bucket.next_token(now) + duration_cast<time_point::duration>(
+                                         std::chrono::duration<double>(ahead / ep.bucket.rate()));
+  } else {
+    // Expected time per request: the moving average, or longer while the oldest request in
+    // flight has been waiting longer (an endpoint that stopped answering).
+    double latency_ms = ep.latency_ms;
+    if (!ep.started.empty())
+      latency_ms = std::max(
+          latency_ms, std::chrono::duration<double, std::milli>(now - *ep.started.begin()).count());
+    const double slots = double(std::max<std::size_t>(1, ctx_.delivery.endpoint_concurrency));
+    const double wait_ms = std::min(latency_ms * (ahead / slots + 1.0), double(lease_.count()));
+    at = now + duration_cast<time_point::duration>(
+                   std::chrono::duration<double, std::milli>(std::max(wait_ms, 10.0)));
+  }
+  ++ep.deferred;
+  defer(w, at);
+}
+
+bool dispatcher::try_send(const std::string& key, endpoint& ep, waiting& w, time_point now) {
+  const auto& d = ctx_.delivery;
+  if (in_flight_ >= std::max<std::size_t>(1, d.max_in_flight)) return false;
+  if (ep.in_flight >= std::max<std::size_t>(1, d.endpoint_concurrency)) return false;
+  if (!ep.breaker.allows(now)) return false;
+  ep.bucket.configure(w.sub->rate_limit, now);
+  if (!ep.bucket.try_take(now)) return false;
+  ep.breaker.configure(d.breaker);
+  const auto ts = std::chrono::duration_cast<std::chrono::seconds>(now.time_since_epoch()).count();
+  http_request req;
+  try {
+    req = build_request(w.msg, *w.sub, ts, d);
+  } catch (const std::exception& e) {
+    dead(w.msg, std::string("cannot build the request: ") + e.what(), nullptr);
+    if (w.msg.ordered) finish_ordered(w.msg.subscription_id, now);
+    return true;
+  }
+  req.token = next_token_++;
+  flight f;
+  f.probe = ep.breaker.on_start(now);
+  f.msg = std::move(w.msg);
+  f.sub = std::move(w.sub);
+  f.endpoint = key;
+  f.started = now;
+  ++ep.in_flight;
+  ++in_flight_;
+  ep.last_used = now;
+  ep.started.insert(now);
+  flights_.emplace(req.token, std::move(f));
+  transport_->submit(std::move(req));
+  return true;
+}
+
+void dispatcher::defer(waiting& w, time_point at) {
+  ++deferrals_;
+  ctx_.store->release(w.msg.id, at);
+  if (w.msg.ordered) {
+    // Its parked successors go back too; the store hands the head out first again.
+    ordered_busy_.erase(w.msg.subscription_id);
+    auto it = parked_.find(w.msg.subscription_id);
+    if (it != parked_.end()) {
+      for (auto& m : it->second) ctx_.store->release(m.id, at);
+      parked_count_ -= it->second.size();
+      parked_.erase(it);
+    }
+  }
+}
+
+void dispatcher::pump(time_point now) {
+  if (waiting_endpoints_.empty() || draining_) return;
+  std::vector<std::string> keys(waiting_endpoints_.begin(), waiting_endpoints_.end());
+  for (const auto& key : keys) {
+    auto it = endpoints_.find(key);
+    if (it == endpoints_.end()) {
+      waiting_endpoints_.erase(key);
+      continue;
+    }
+    auto& ep = it->second;
+    while (!ep.queue.empty()) {
+      waiting w = std::move(ep.queue.front());
+      ep.queue.pop_front();
+      --waiting_;
+      if (ep.breaker.is_open(now)) {
+        defer(w, ep.breaker.open_until());
+        continue;
+      }
+      if (w.claimed + lease_ / 2 <= now) {
+        // Held long enough that its lease is at risk: give it back rather than send it twice.
+        defer(w, now);
+        continue;
+      }
+      if (!try_send(key, ep, w, now)) {
+        ep.queue.push_front(std::move(w));
+        ++waiting_;
+        break;
+      }
+    }
+    if (ep.queue.empty()) {
+      waiting_endpoints_.erase(key);
+      ep.deferred = 0;
+    }
+  }
+}
+
+void dispatcher::finish_ordered(const std::string& subscription_id, time_point now) {
+  ordered_busy_.erase(subscription_id);
+  auto it = parked_.find(subscription_id);
+  if (it == parked_.end()) return;
+  message next = std::move(it->second.front());
+  it->second.pop_front();
+  --parked_count_;
+  if (it->second.empty()) parked_.erase(it);
+  route(std::move(next), ctx_.subscriptions->current(), now);
+}
+
+void dispatcher::handle(http_response&& r, time_point now) {
+  auto it = flights_.find(r.token);
+  if (it == flights_.end()) return;
+  flight f = std::move(it->second);
+  flights_.erase(it);
+  --in_flight_;
+  auto ep_it = endpoints_.find(f.endpoint);
+  endpoint* ep = ep_it == endpoints_.end() ? nullptr : &ep_it->second;
+  if (ep != nullptr) {
+    --ep->in_flight;
+    if (auto s = ep->started.find(f.started); s != ep->started.end()) ep->started.erase(s);
+  }
+
+  const auto o = classify(r, now);
+  if (o.k == outcome::kind::cancelled) {
+    if (ep != nullptr) ep->breaker.on_cancel(f.probe);
+    ctx_.store->release(f.msg.id, now);
+    if (f.msg.ordered) finish_ordered(f.msg.subscription_id, now);
+    return;
+  }
+  if (ep != nullptr) {
+    const double ms = double(r.duration.count()) / 1000.0;
+    ep->latency_ms = ep->latency_ms == 0 ? std::max(ms, 0.001) : 0.8 * ep->latency_ms + 0.2 * ms;
+    if (r.kind == error_kind::refused || r.kind == error_kind::invalid) {
+      ep->breaker.on_cancel(f.probe);  // never reached the endpoint: says nothing about it
+    } else if (ep->breaker.on_result(!o.unhealthy, f.probe, now))
+      ctx_.logger->warn("endpoint {}: circuit breaker open until {} ({})", loggable_url(f.endpoint),
+                        iso(ep->breaker.open_until()), o.reason);
+  }
+
+  message& m = f.msg;
+  attempt_record rec;
+  rec.message_id = m.id;
+  rec.subscription_id = m.subscription_id;
+  rec.event_id = m.event_id;
+  rec.event_name = m.event_name;
+  rec.url = f.sub->url;
+  rec.http_method = f.sub->http_method;
+  rec.attempt = m.attempts + 1;
+  rec.started_at = f.started;
+  rec.duration = r.duration;
+  rec.status_code = r.status;
+  rec.error = o.reason;
+  rec.request_length = r.request_length;
+  rec.response_length = r.response_length;
+  rec.response_head = r.body_head;
+  rec.success = o.k == outcome::kind::success;
+  ctx_.counters->attempts.fetch_add(1, std::memory_order_relaxed);
+  if (ctx_.hooks.on_attempt) call_hook("on_attempt", [&] { ctx_.hooks.on_attempt(rec); });
+
+  m.attempts = rec.attempt;
+  m.last_status = r.status;
+  m.updated_at = now;
+  const auto& policy = ctx_.delivery.retry;
+  switch (o.k) {
+    case outcome::kind::success:
+      ctx_.store->complete(m.id, rec);
+      m.status = message_status::delivered;
+      m.last_error.clear();
+      ctx_.counters->delivered.fetch_add(1, std::memory_order_relaxed);
+      if (ctx_.on_finished) ctx_.on_finished(1);
+      note_success(m.subscription_id);
+      if (ctx_.hooks.on_delivered) call_hook("on_delivered", [&] { ctx_.hooks.on_delivered(m); });
+      break;
+    case outcome::kind::gone:
+      dead(m, o.reason, &rec);
+      disable(m.subscription_id, "the endpoint answered 410 Gone");
+      break;
+    case outcome::kind::permanent: {
+      bool disabled = false;
+      note_failure(*f.sub, o.reason, now, disabled);
+      dead(m, o.reason, &rec);
+      break;
+    }
+    case outcome::kind::retry: {
+      bool disabled = false;
+      note_failure(*f.sub, o.reason, now, disabled);
+      if (disabled) {
+        dead(m, "subscription disabled after failing continuously: " + o.reason, &rec);
+        break;
+      }
+      const auto delay =
+          policy.next_delay(static_cast<std::size_t>(rec.attempt), o.retry_after, rng_);
+      if (!delay) {
+        dead(m, "gave up after " + std::to_string(rec.attempt) + " attempts: " + o.reason, &rec);
+      } else if (policy.expired(m.created_at, now + *delay)) {
+        dead(m,
+             "gave up after " + std::to_string(rec.attempt) +
+                 " attempts (the next would exceed the maximum age): " + o.reason,
+             &rec);
+      } else {
+        ctx_.store->reschedule(m.id, now + *delay, rec);
+        ctx_.counters->retries.fetch_add(1, std::memory_order_relaxed);
+      }
+      break;
+    }
+    case outcome::kind::cancelled:
+      break;
+  }
+  if (m.ordered) finish_ordered(m.subscription_id, now);
+}
+
+void dispatcher::dead(const message& m, const std::string& reason, const attempt_record* a) {
+  ctx_.store->dead_letter(m.id, reason, a);
+  ctx_.counters->dead.fetch_add(1, std::memory_order_relaxed);
+  if (ctx_.on_finished) ctx_.on_finished(1);
+  ctx_.logger->warn("message {} for subscription {} is dead: {}", m.id, m.subscription_id, reason);
+  if (ctx_.hooks.on_dead) {
+    message copy = m;
+    copy.status = message_status::dead;
+    copy.last_error = reason;
+    call_hook("on_dead", [&] { ctx_.hooks.on_dead(copy, reason); });
+  }
+}
+
+void dispatcher::note_failure(const subscription& sub, const std::string& reason, time_point now,
+                              bool& disabled) {
+  const auto limit = ctx_.delivery.auto_disable_after;
+  if (limit.count() <= 0) return;
+  auto it = failing_.find(sub.id);
+  if (it == failing_.end()) {
+    failing_[sub.id] = {now, true};
+    ctx_.store->save_state({sub.id, false, {}, now});
+    return;
+  }
+  if (now - it->second.since < limit) return;
+  const auto since = it->second.since;
+  failing_.erase(it);
+  disable(sub.id, "failing continuously since " + iso(since) + ", last: " + reason);
+  disabled = true;
+}
+
+void dispatcher::note_success(const std::string& subscription_id) {
+  auto it = failing_.find(subscription_id);
+  if (it == failing_.end()) return;
+  failing_.erase(it);
+  ctx_.store->save_state({subscription_id, false, {}, std::nullopt});
+}
+
+void dispatcher::disable(const std::string& subscription_id, const std::string& reason) {
+  ctx_.subscriptions->set_enabled(subscription_id, false);
+  ctx_.store->save_state({subscription_id, true, reason, std::nullopt});
+  ctx_.logger->warn("subscription {} disabled: {}", subscription_id, reason);
+  if (ctx_.hooks.on_subscription_disabled)
+    call_hook("on_subscription_disabled",
+              [&] { ctx_.hooks.on_subscription_disabled(subscription_id, reason); });
+}
+
+void dispatcher::sweep(time_point now) {
+  const auto idle_for = std::max<duration>(ctx_.delivery.breaker.window, std::chrono::minutes(1));
+  for (auto it = endpoints_.begin(); it != endpoints_.end();) {
+    const auto& ep = it->second;
+    if (ep.in_flight == 0 && ep.queue.empty() && ep.breaker.idle() && ep.last_used + idle_for < now)
+      it = endpoints_.erase(it);
+    else
+      ++it;
+  }
+}
+
+void dispatcher::drain_local(time_point now) {
+  for (const auto& key : waiting_endpoints_) {
+    auto it = endpoints_.find(key);
+    if (it == endpoints_.end()) continue;
+    for (auto& w : it->second.queue) defer(w, now);
+    it->second.queue.clear();
+  }
+  waiting_endpoints_.clear();
+  waiting_ = 0;
+  for (auto& [sub, q] : parked_)
+    for (auto& m : q) ctx_.store->release(m.id, now);
+  parked_.clear();
+  parked_count_ = 0;
+}
+
+time_point dispatcher::next_wake(time_point now) {
+  time_point at = now + std::chrono::hours(1);
+  if (in_flight_ < std::max<std::size_t>(1, ctx_.delivery.max_in_flight) &&
+      ctx_.subscriptions->current()->size() != 0) {
+    if (steady::now() < claim_pause_until_) {
+      at = std::min(at, now + milliseconds(50));
+    } else if (auto due = ctx_.store->next_due(now)) {
+      at = std::min(at, *due);
+    }
+  }
+  for (const auto& key : waiting_endpoints_) {
+    auto it = endpoints_.find(key);
+    if (it == endpoints_.end() || it->second.queue.empty()) continue;
+    const auto& ep = it->second;
+    at = std::min(at, ep.queue.front().claimed + lease_ / 2);
+    if (!ep.bucket.available(now)) at = std::min(at, ep.bucket.next_token(now));
+    if (ep.breaker.is_open(now)) at = std::min(at, ep.breaker.open_until());
+  }
+  return at;
+}
+
+}  // namespace hookline::detail

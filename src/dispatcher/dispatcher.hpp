@@ -1,0 +1,155 @@
+#pragma once
+// The delivery loop. Thread safety: wake(), stop(), in_flight() and idle() are thread safe; the
+// loop itself runs on one thread it owns, completions arrive from the transport's thread.
+
+#include <atomic>
+#include <condition_variable>
+#include <cstdint>
+#include <deque>
+#include <functional>
+#include <memory>
+#include <mutex>
+#include <random>
+#include <set>
+#include <string>
+#include <thread>
+#include <unordered_map>
+#include <unordered_set>
+#include <vector>
+
+#include "dispatcher/circuit_breaker.hpp"
+#include "hookline/hookline.hpp"
+#include "transport/transport.hpp"
+
+namespace hookline::detail {
+
+struct dispatch_counters {
+  std::atomic<std::uint64_t> delivered{0};
+  std::atomic<std::uint64_t> dead{0};
+  std::atomic<std::uint64_t> attempts{0};
+  std::atomic<std::uint64_t> retries{0};
+};
+
+/// Everything the dispatcher borrows from the hub.
+struct dispatcher_context {
+  hookline::registry* subscriptions = nullptr;
+  std::shared_ptr<delivery_store> store;
+  std::shared_ptr<hookline::clock> clock;
+  std::shared_ptr<spdlog::logger> logger;
+  hookline::hooks hooks;
+  delivery_options delivery;
+  std::string worker_id;
+  std::string user_agent;
+  dispatch_counters* counters = nullptr;
+  /// Called when messages leave the pending state (room for publishers that wait).
+  std::function<void(std::size_t)> on_finished;
+  /// Called after every loop turn that changed something (wait_idle watchers).
+  std::function<void()> on_progress;
+  /// True (once) when a persisted state says `subscription_id` was disabled; sets `reason`.
+  std::function<bool(const std::string& subscription_id, std::string& reason)> take_saved_disabled;
+};
+
+class dispatcher {
+ public:
+  explicit dispatcher(dispatcher_context ctx);
+  ~dispatcher();
+  dispatcher(const dispatcher&) = delete;
+  dispatcher& operator=(const dispatcher&) = delete;
+
+  void wake();
+  /// Stops claiming, lets in-flight requests finish for up to `drain_timeout`, cancels the rest
+  /// (released to the store without an attempt) and joins. Idempotent.
+  void stop(duration drain_timeout);
+  /// Requests in flight plus messages claimed and waiting for their endpoint.
+  std::size_t busy() const { return busy_.load(); }
+
+ private:
+  struct flight {
+    message msg;
+    std::shared_ptr<const subscription> sub;
+    std::string endpoint;
+    time_point started{};
+    bool probe = false;
+  };
+  struct waiting {
+    message msg;
+    std::shared_ptr<const subscription> sub;
+    time_point claimed{};
+  };
+  struct endpoint {
+    std::size_t in_flight = 0;
+    std::deque<waiting> queue;  // claimed, waiting for a slot or a token
+    circuit_breaker breaker;
+    token_bucket bucket;
+    double latency_ms = 0;              // moving average of completed requests, 0 = none yet
+    std::multiset<time_point> started;  // of the requests in flight
+    std::size_t deferred = 0;
+    time_point last_used{};
+  };
+
+  void run();
+  void turn(time_point now);
+  void handle(http_response&& r, time_point now);
+  void route(message m, const std::shared_ptr<const snapshot>& snap, time_point now);
+  void offer(const std::string& key, endpoint& ep, waiting w, time_point now);
+  bool try_send(const std::string& key, endpoint& ep, waiting& w, time_point now);
+  void pump(time_point now);
+  void defer(waiting& w, time_point at);
+  void finish_ordered(const std::string& subscription_id, time_point now);
+  void dead(const message& m, const std::string& reason, const attempt_record* a);
+  void note_failure(const subscription& sub, const std::string& reason, time_point now,
+                    bool& disabled);
+  void note_success(const std::string& subscription_id);
+  void disable(const std::string& subscription_id, const std::string& reason);
+  void sweep(time_point now);
+  void drain_local(time_point now);
+  time_point next_wake(time_point now);
+  template <class F>
+  void call_hook(const char* name, F&& f);
+
+  dispatcher_context ctx_;
+  std::chrono::milliseconds lease_;
+  std::size_t queue_cap_;
+  std::unique_ptr<transport> transport_;
+
+  // Shared with other threads. Held by shared_ptr so that a clock's wake callback, which may
+  // outlive the dispatcher, only ever touches live state.
+  struct shared {
+    std::mutex mutex;
+    std::condition_variable cv;
+    std::vector<http_response> completions;
+    bool woken = false;
+    bool stopping = false;
+    std::chrono::steady_clock::time_point drain_deadline{};
+  };
+  std::shared_ptr<shared> shared_;
+  std::atomic<std::size_t> busy_{0};
+  std::mutex stop_mutex_;
+  bool stopped_ = false;
+  std::thread thread_;
+
+  // Dispatcher thread only.
+  std::unordered_map<std::uint64_t, flight> flights_;
+  std::unordered_map<std::string, endpoint> endpoints_;
+  std::unordered_set<std::string> waiting_endpoints_;
+  std::unordered_set<std::string> ordered_busy_;
+  std::unordered_map<std::string, std::deque<message>> parked_;
+  struct failing {
+    time_point since{};
+    bool saved = false;
+  };
+  std::unordered_map<std::string, failing> failing_;
+  std::uint64_t next_token_ = 1;
+  bool draining_ = false;
+  std::size_t in_flight_ = 0;
+  std::size_t waiting_ = 0;
+  std::mt19937_64 rng_;
+  std::size_t parked_count_ = 0;
+  std::size_t deferrals_ = 0;
+  std::size_t claim_limit_ = 256;
+  std::chrono::steady_clock::time_point claim_pause_until_{};
+  std::chrono::steady_clock::time_point last_sweep_{};
+  std::chrono::steady_clock::time_point last_error_log_{};
+};
+
+}  // namespace hookline::detail

@@ -1,0 +1,114 @@
+#include "dispatcher/request.hpp"
+
+#include <algorithm>
+#include <cctype>
+#include <string_view>
+
+namespace hookline::detail {
+
+namespace {
+
+bool iequals(std::string_view a, std::string_view b) {
+  return a.size() == b.size() && std::equal(a.begin(), a.end(), b.begin(), [](char x, char y) {
+           return std::tolower(static_cast<unsigned char>(x)) ==
+                  std::tolower(static_cast<unsigned char>(y));
+         });
+}
+
+bool sends_body(std::string_view method) {
+  return !iequals(method, "GET") && !iequals(method, "HEAD");
+}
+
+}  // namespace
+
+http_request build_request(const message& m, const subscription& sub, std::int64_t timestamp,
+                           const delivery_options& d) {
+  http_request req;
+  req.url = sub.url;
+  req.method = sub.http_method.empty() ? "POST" : sub.http_method;
+  const bool with_body = sends_body(req.method);
+  if (with_body) req.body = m.body;
+  const bool own_content_type =
+      std::any_of(sub.headers.begin(), sub.headers.end(),
+                  [](const auto& h) { return iequals(h.first, "Content-Type"); });
+  req.headers.reserve(4 + sub.headers.size());
+  if (!own_content_type) req.headers.emplace_back("Content-Type: application/json");
+  req.headers.push_back("webhook-id: " + m.id);
+  req.headers.push_back("webhook-timestamp: " + std::to_string(timestamp));
+  if (!sub.secrets.empty()) {
+    // The signature covers the bytes actually sent: a GET signs an empty body.
+    req.headers.push_back("webhook-signature: " + signature_header(sub.secrets, m.id, timestamp,
+                                                                   with_body
+                                                                       ? std::string_view(m.body)
+                                                                       : std::string_view{}));
+  }
+  for (const auto& [name, value] : sub.headers) req.headers.push_back(name + ": " + value);
+  req.connect_timeout = d.connect_timeout;
+  req.timeout = d.request_timeout;
+  req.client_cert = sub.client_cert;
+  req.client_key = sub.client_key;
+  return req;
+}
+
+outcome classify(const http_response& r, time_point now) {
+  outcome o;
+  switch (r.kind) {
+    case error_kind::none:
+      break;
+    case error_kind::cancelled:
+      o.k = outcome::kind::cancelled;
+      o.reason = "cancelled";
+      return o;
+    case error_kind::timeout:
+      o.k = outcome::kind::retry;
+      o.unhealthy = true;
+      o.reason = "timeout: " + r.error;
+      return o;
+    case error_kind::network:
+      o.k = outcome::kind::retry;
+      o.unhealthy = true;
+      o.reason = "network error: " + r.error;
+      return o;
+    case error_kind::tls:
+      o.k = outcome::kind::retry;
+      o.unhealthy = true;
+      o.reason = "TLS error: " + r.error;
+      return o;
+    case error_kind::refused:
+      o.k = outcome::kind::permanent;
+      o.reason = r.error.empty() ? "refused by the SSRF guard" : r.error;
+      return o;
+    case error_kind::invalid:
+      o.k = outcome::kind::permanent;
+      o.reason = "invalid request: " + r.error;
+      return o;
+  }
+  const int s = r.status;
+  const std::string code = "HTTP " + std::to_string(s);
+  if (s >= 200 && s < 300) return o;
+  if (s >= 300 && s < 400) {
+    o.k = outcome::kind::permanent;
+    o.reason = code + ": redirect not followed (redirects are failures)";
+    return o;
+  }
+  if (s == 408 || s == 425 || s == 429 || (s >= 500 && s < 600)) {
+    o.k = outcome::kind::retry;
+    o.unhealthy = true;
+    o.reason = code;
+    if (r.retry_after) {
+      o.retry_after = parse_retry_after(*r.retry_after, now);
+      if (o.retry_after) o.reason += " (Retry-After: " + r.retry_after->substr(0, 64) + ")";
+    }
+    return o;
+  }
+  if (s == 410) {
+    o.k = outcome::kind::gone;
+    o.reason = code + " Gone: the endpoint asked for no more deliveries";
+    return o;
+  }
+  o.k = outcome::kind::permanent;
+  o.reason = s >= 400 && s < 500 ? code : code + ": unexpected status";
+  return o;
+}
+
+}  // namespace hookline::detail

@@ -1,0 +1,36 @@
+#pragma once
+// Building a delivery request and classifying its outcome. Thread safety: reentrant.
+
+#include <cstdint>
+#include <optional>
+#include <string>
+
+#include "hookline/hookline.hpp"
+#include "transport/transport.hpp"
+
+namespace hookline::detail {
+
+/// The HTTP request for one attempt of `m` to `sub`, signed with `timestamp` (unix seconds).
+/// Throws hookline::error when a secret is malformed (the text never holds the secret).
+http_request build_request(const message& m, const subscription& sub, std::int64_t timestamp,
+                           const delivery_options& d);
+
+struct outcome {
+  enum class kind {
+    success,    ///< 2xx
+    retry,      ///< 408, 425, 429, 5xx, timeout, network and TLS errors
+    permanent,  ///< 3xx, other 4xx, SSRF refusal, invalid request
+    gone,       ///< 410: permanent, and the subscription is disabled
+    cancelled   ///< the transport stopped first: no attempt happened
+  };
+  kind k = kind::success;
+  std::string reason;  ///< empty on success
+  /// Counts against the endpoint's circuit breaker (the endpoint looks unhealthy).
+  bool unhealthy = false;
+  std::optional<duration> retry_after;
+};
+
+/// DESIGN.md's outcome classification.
+outcome classify(const http_response& r, time_point now);
+
+}  // namespace hookline::detail

@@ -1,0 +1,336 @@
+#include <algorithm>
+#include <atomic>
+#include <condition_variable>
+#include <mutex>
+#include <unordered_map>
+
+#include "dispatcher/dispatcher.hpp"
+#include "dispatcher/ids.hpp"
+#include "hookline/hookline.hpp"
+
+#ifndef HOOKLINE_VERSION
+#error "HOOKLINE_VERSION must be defined by the build"
+#endif
+
+namespace hookline {
+
+std::string_view version() {
+  return HOOKLINE_VERSION;
+}
+
+class hub::impl {
+ public:
+  explicit impl(options o) : opts_(std::move(o)) {
+    if (!opts_.logger) opts_.logger = std::make_shared<spdlog::logger>("hookline");
+    if (!opts_.clock) opts_.clock = std::make_shared<system_clock>();
+    if (opts_.worker_id.empty()) opts_.worker_id = detail::default_worker_id();
+    if (opts_.repository.empty()) opts_.repository = detail::host_name();
+    if (opts_.store_instance) {
+      store_ = opts_.store_instance;
+    } else {
+      auto settings = opts_.store_settings;
+      settings.request_timeout =
+          std::chrono::duration_cast<std::chrono::milliseconds>(opts_.delivery.request_timeout);
+      store_ = make_store(opts_.store, settings);
+    }
+    registry_ = std::make_unique<registry>(opts_.registry);
+    for (const auto& s : store_->load_states())
+      if (s.disabled) saved_disabled_[s.subscription_id] = s.reason;
+    pending_ = store_->counts(opts_.clock->now()).pending;
+
+    if (opts_.dispatch) {
+      detail::dispatcher_context ctx;
+      ctx.subscriptions = registry_.get();
+      ctx.store = store_;
+      ctx.clock = opts_.clock;
+      ctx.logger = opts_.logger;
+      ctx.hooks = opts_.hooks;
+      ctx.delivery = opts_.delivery;
+      ctx.worker_id = opts_.worker_id;
+      ctx.user_agent = opts_.delivery.user_agent.empty() ? "hookline/" + std::string(version())
+                                                         : opts_.delivery.user_agent;
+      ctx.counters = &counters_;
+      ctx.on_finished = [this](std::size_t n) { make_room(n); };
+      ctx.on_progress = [this] {
+        std::lock_guard lock(idle_mutex_);
+        idle_cv_.notify_all();
+      };
+      ctx.take_saved_disabled = [this](const std::string& id, std::string& reason) {
+        return take_saved_disabled(id, reason);
+      };
+      dispatcher_ = std::make_unique<detail::dispatcher>(std::move(ctx));
+    }
+  }
+
+  ~impl() { stop(std::chrono::milliseconds(250)); }
+
+  publish_result publish(std::span<const event> events) {
+    check_open();
+    const auto snap = registry_->current();
+    const auto now = opts_.clock->now();
+    const render_context ctx{now, opts_.repository};
+    std::vector<message> batch;
+    for (const auto& e : events) {
+      const event* ev = &e;
+      event filled;
+      if (e.id.empty() || !e.time) {
+        filled = e;
+        if (filled.id.empty()) filled.id = detail::new_event_id();
+        if (!filled.time) filled.time = now;
+        ev = &filled;
+      }
+      for (const auto& sub : snap->match(*ev)) {
+        std::string reason;
+        if (take_saved_disabled(sub->id, reason)) {
+          registry_->set_enabled(sub->id, false);
+          opts_.logger->info("subscription {} stays disabled: {}", sub->id, reason);
+          continue;
+        }
+        add_message(*ev, *sub, now, ctx, batch);
+      }
+    }
+    return commit(std::move(batch), events.size());
+  }
+
+  std::string fire(std::string_view subscription_id, const event& e) {
+    check_open();
+    auto sub = registry_->current()->find(subscription_id);
+    if (!sub) throw error("fire: unknown subscription '" + std::string(subscription_id) + "'");
+    std::string reason;
+    if (take_saved_disabled(sub->id, reason)) registry_->set_enabled(sub->id, false);
+    if (!sub->enabled || !reason.empty())
+      throw error("fire: subscription '" + sub->id + "' is disabled");
+    const auto now = opts_.clock->now();
+    const render_context ctx{now, opts_.repository};
+    event filled = e;
+    if (filled.id.empty()) filled.id = detail::new_event_id();
+    if (!filled.time) filled.time = now;
+    std::vector<message> batch;
+    add_message(filled, *sub, now, ctx, batch, /*rethrow=*/true);
+    auto result = commit(std::move(batch), 1);
+    return result.message_ids.front();
+  }
+
+  bool redeliver(const std::string& id) {
+    const bool ok = store_->redeliver(id, opts_.clock->now());
+    if (ok) {
+      add_pending(1);
+      wake();
+    }
+    return ok;
+  }
+
+  std::size_t recover(const std::string& subscription_id, time_point since) {
+    const auto n = store_->recover(subscription_id, since, opts_.clock->now());
+    if (n > 0) {
+      add_pending(n);
+      wake();
+    }
+    return n;
+  }
+
+  bool idle() {
+    if (dispatcher_ && !stopped_ && dispatcher_->busy() != 0) return false;
+    return store_->counts(opts_.clock->now()).pending == 0;
+  }
+
+  bool wait_idle(duration timeout) {
+    const auto deadline = std::chrono::steady_clock::now() + timeout;
+    while (true) {
+      if (idle()) return true;
+      const auto now = std::chrono::steady_clock::now();
+      if (now >= deadline) return false;
+      std::unique_lock lock(idle_mutex_);
+      idle_cv_.wait_for(lock, std::min<std::chrono::steady_clock::duration>(
+                                  deadline - now, std::chrono::milliseconds(50)));
+    }
+  }
+
+  void stop(duration drain_timeout) {
+    std::lock_guard guard(stop_mutex_);
+    {
+      std::lock_guard lock(room_mutex_);
+      stopped_ = true;
+      room_cv_.notify_all();
+    }
+    if (finished_) return;
+    finished_ = true;
+    if (dispatcher_) dispatcher_->stop(drain_timeout);
+    try {
+      if (opts_.dispatch) store_->release_worker(opts_.worker_id);
+    } catch (const std::exception& e) {
+      opts_.logger->error("stop: releasing leases of {}: {}", opts_.worker_id, e.what());
+    }
+    std::lock_guard lock(idle_mutex_);
+    idle_cv_.notify_all();
+  }
+
+  hub_counters counters() const {
+    hub_counters c;
+    c.published = published_.load();
+    c.messages = messages_.load();
+    c.delivered = counters_.delivered.load();
+    c.dead = counters_.dead.load();
+    c.attempts = counters_.attempts.load();
+    c.retries = counters_.retries.load();
+    c.rejected = rejected_.load();
+    return c;
+  }
+
+  options opts_;
+  std::shared_ptr<delivery_store> store_;
+  std::unique_ptr<registry> registry_;
+
+ private:
+  void check_open() {
+    if (stopped_) throw error("hookline: publish after stop()");
+  }
+
+  void wake() {
+    if (dispatcher_) dispatcher_->wake();
+  }
+
+  void add_message(const event& e, const subscription& sub, time_point now,
+                   const render_context& ctx, std::vector<message>& batch, bool rethrow = false) {
+    message m;
+    try {
+      m.body = render_body(e, sub, ctx);
+    } catch (const std::exception& ex) {
+      // One subscription's broken payload must not stop the others from firing.
+      opts_.logger->error("subscription {}: cannot render the body for event {}: {}", sub.id, e.id,
+                          ex.what());
+      if (rethrow) throw;
+      return;
+    }
+    m.id = detail::new_message_id();
+    m.subscription_id = sub.id;
+    m.event_id = e.id;
+    m.event_name = e.event_name;
+    m.url = sub.url;
+    m.http_method = sub.http_method;
+    m.ordered = sub.ordered;
+    m.created_at = now;
+    m.next_attempt_at = now;
+    m.updated_at = now;
+    batch.push_back(std::move(m));
+  }
+
+  publish_result commit(std::vector<message> batch, std::size_t events) {
+    publish_result result;
+    if (!batch.empty()) {
+      reserve(batch.size());
+      try {
+        store_->enqueue(batch);
+      } catch (...) {
+        make_room(batch.size());
+        throw;
+      }
+      result.message_ids.reserve(batch.size());
+      for (auto& m : batch) result.message_ids.push_back(std::move(m.id));
+      messages_.fetch_add(batch.size(), std::memory_order_relaxed);
+      wake();
+    }
+    published_.fetch_add(events, std::memory_order_relaxed);
+    return result;
+  }
+
+  // Backpressure: pending_ counts this hub's pending messages (resynchronised from the store when
+  // it looks full, since other workers may have delivered some).
+  void reserve(std::size_t n) {
+    if (!dispatcher_ || opts_.queue_capacity == 0) return;
+    const auto cap = opts_.queue_capacity;
+    std::unique_lock lock(room_mutex_);
+    if (pending_ + n <= cap) {
+      pending_ += n;
+      return;
+    }
+    pending_ = store_->counts(opts_.clock->now()).pending;
+    if (pending_ + n > cap && (n > cap || opts_.overflow == overflow_policy::reject)) {
+      rejected_.fetch_add(1, std::memory_order_relaxed);
+      throw queue_full_error("hookline: queue full (" + std::to_string(pending_) + " of " +
+                             std::to_string(cap) + " pending, " + std::to_string(n) +
+                             " more refused)");
+    }
+    while (pending_ + n > cap) {
+      if (stopped_) throw error("hookline: publish after stop()");
+      room_cv_.wait_for(lock, std::chrono::milliseconds(100));
+      if (pending_ + n > cap) pending_ = store_->counts(opts_.clock->now()).pending;
+    }
+    pending_ += n;
+  }
+
+  void make_room(std::size_t n) {
+    std::lock_guard lock(room_mutex_);
+    pending_ = pending_ >= n ? pending_ - n : 0;
+    room_cv_.notify_all();
+  }
+
+  void add_pending(std::size_t n) {
+    std::lock_guard lock(room_mutex_);
+    pending_ += n;
+  }
+
+  bool take_saved_disabled(const std::string& id, std::string& reason) {
+    std::lock_guard lock(saved_mutex_);
+    if (saved_disabled_.empty()) return false;
+    auto it = saved_disabled_.find(id);
+    if (it == saved_disabled_.end()) return false;
+    reason = it->second.empty() ? "disabled in an earlier run" : it->second;
+    saved_disabled_.erase(it);
+    return true;
+  }
+
+  detail::dispatch_counters counters_;
+  std::atomic<std::uint64_t> published_{0}, messages_{0}, rejected_{0};
+  std::mutex room_mutex_;
+  std::condition_variable room_cv_;
+  std::size_t pending_ = 0;
+  std::mutex saved_mutex_;
+  std::unordered_map<std::string, std::string> saved_disabled_;
+  std::mutex idle_mutex_;
+  std::condition_variable idle_cv_;
+  std::atomic<bool> stopped_{false};
+  std::mutex stop_mutex_;
+  bool finished_ = false;
+  std::unique_ptr<detail::dispatcher> dispatcher_;
+};
+
+hub::hub(options opts) : impl_(std::make_unique<impl>(std::move(opts))) {}
+hub::~hub() = default;
+
+registry& hub::subscriptions() {
+  return *impl_->registry_;
+}
+delivery_store& hub::store() {
+  return *impl_->store_;
+}
+
+publish_result hub::publish(const event& e) {
+  return impl_->publish(std::span<const event>(&e, 1));
+}
+publish_result hub::publish(std::span<const event> events) {
+  return impl_->publish(events);
+}
+std::string hub::fire(std::string_view subscription_id, const event& e) {
+  return impl_->fire(subscription_id, e);
+}
+bool hub::redeliver(const std::string& message_id) {
+  return impl_->redeliver(message_id);
+}
+std::size_t hub::recover(const std::string& subscription_id, time_point since) {
+  return impl_->recover(subscription_id, since);
+}
+bool hub::wait_idle(duration timeout) {
+  return impl_->wait_idle(timeout);
+}
+void hub::stop(duration drain_timeout) {
+  impl_->stop(drain_timeout);
+}
+hub_counters hub::counters() const {
+  return impl_->counters();
+}
+const options& hub::settings() const {
+  return impl_->opts_;
+}
+
+}  // namespace hookline

@@ -1,0 +1,541 @@
+#include "hookline/payload.hpp"
+
+#include <algorithm>
+#include <array>
+#include <cstdint>
+#include <limits>
+#include <optional>
+
+#include "hookline/error.hpp"
+
+namespace hookline {
+namespace {
+
+using namespace std::chrono;
+
+// ---------------------------------------------------------------------------------------------
+// Calendar arithmetic on whole seconds (int64), so offsets such as +5000years never overflow the
+// nanosecond system_clock; results are kept to years 0000..9999, the range ISO 8601 writes with
+// four digits.
+
+constexpr std::int64_t first_second = -62167219200;  // 0000-01-01T00:00:00Z
+constexpr std::int64_t last_second = 253402300799;   // 9999-12-31T23:59:59Z
+
+struct instant {
+  std::int64_t seconds = 0;  // since the Unix epoch
+  std::int64_t nanos = 0;    // 0..999'999'999
+};
+
+instant to_instant(system_clock::time_point t) {
+  const auto s = floor<seconds>(t);
+  return {s.time_since_epoch().count(), duration_cast<nanoseconds>(t - s).count()};
+}
+
+std::int64_t floor_div(std::int64_t a, std::int64_t b) {
+  const auto q = a / b;
+  return (a % b != 0 && (a < 0) != (b < 0)) ? q - 1 : q;
+}
+
+void append_digits(std::string& out, std::int64_t value, int width) {
+  std::array<char, 20> buf{};
+  int n = 0;
+  do {
+    buf[static_cast<std::size_t>(n++)] = static_cast<char>('0' + value % 10);
+    value /= 10;
+  } while (value > 0);
+  for (int i = n; i < width; ++i) out += '0';
+  while (n > 0) out += buf[static_cast<std::size_t>(--n)];
+}
+
+struct civil_time {
+  year_month_day date;
+  std::int64_t second_of_day = 0;
+};
+
+civil_time to_civil(std::int64_t secs) {
+  const auto day = floor_div(secs, 86400);
+  return {year_month_day{sys_days{days{day}}}, secs - day * 86400};
+}
+
+void append_date(std::string& out, const year_month_day& d) {
+  append_digits(out, static_cast<int>(d.year()), 4);
+  out += '-';
+  append_digits(out, static_cast<unsigned>(d.month()), 2);
+  out += '-';
+  append_digits(out, static_cast<unsigned>(d.day()), 2);
+}
+
+void append_time(std::string& out, std::int64_t second_of_day) {
+  append_digits(out, second_of_day / 3600, 2);
+  out += ':';
+  append_digits(out, second_of_day / 60 % 60, 2);
+  out += ':';
+  append_digits(out, second_of_day % 60, 2);
+}
+
+std::string format_date_time(const instant& t) {
+  const auto c = to_civil(t.seconds);
+  std::string out;
+  out.reserve(24);
+  append_date(out, c.date);
+  out += 'T';
+  append_time(out, c.second_of_day);
+  out += '.';
+  append_digits(out, t.nanos / 1'000'000, 3);
+  out += 'Z';
+  return out;
+}
+
+enum class time_unit { second, minute, hour, day, week, month, year };
+
+std::optional<time_unit> parse_unit(std::string_view u) {
+  static constexpr std::array<std::pair<std::string_view, time_unit>, 7> units{{
+      {"second", time_unit::second},
+      {"minute", time_unit::minute},
+      {"hour", time_unit::hour},
+      {"day", time_unit::day},
+      {"week", time_unit::week},
+      {"month", time_unit::month},
+      {"year", time_unit::year},
+  }};
+  std::string lower(u);
+  for (auto& ch : lower) ch = static_cast<char>(ch >= 'A' && ch <= 'Z' ? ch - 'A' + 'a' : ch);
+  if (lower.size() > 1 && lower.back() == 's') lower.pop_back();
+  for (const auto& [name, unit] : units) {
+    if (lower == name) return unit;
+  }
+  return std::nullopt;
+}
+
+// `t` moved by `amount` units; nullopt when the result leaves years 0000..9999. Months and years
+// move the calendar date and clamp the day to the month's end (Jan 31 + 1 month = Feb 28/29),
+// like .NET's AddMonths that sensenet uses.
+std::optional<instant> shift(instant t, std::int64_t amount, time_unit unit) {
+  std::int64_t step = 0;
+  switch (unit) {
+    case time_unit::second:
+      step = 1;
+      break;
+    case time_unit::minute:
+      step = 60;
+      break;
+    case time_unit::hour:
+      step = 3600;
+      break;
+    case time_unit::day:
+      step = 86400;
+      break;
+    case time_unit::week:
+      step = 604800;
+      break;
+    case time_unit::month:
+    case time_unit::year: {
+      const auto c = to_civil(t.seconds);
+      const std::int64_t months_to_add = unit == time_unit::year ? amount * 12 : amount;
+      const std::int64_t total = static_cast<int>(c.date.year()) * std::int64_t{12} +
+                                 (static_cast<unsigned>(c.date.month()) - 1) + months_to_add;
+      const auto y = floor_div(total, 12);
+      if (y < 0 || y > 9999) return std::nullopt;
+      const auto m = static_cast<unsigned>(total - y * 12 + 1);
+      const year_month_day_last last{year{static_cast<int>(y)}, month_day_last{month{m}}};
+      const auto d = std::min(c.date.day(), last.day());
+      const sys_days day{year_month_day{year{static_cast<int>(y)}, month{m}, d}};
+      t.seconds = day.time_since_epoch().count() * 86400 + c.second_of_day;
+      return t;
+    }
+  }
+  t.seconds += amount * step;  // amount is at most 9 digits: no overflow
+  if (t.seconds < first_second || t.seconds > last_second) return std::nullopt;
+  return t;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Templates
+
+bool iequals(std::string_view a, std::string_view b) {
+  if (a.size() != b.size()) return false;
+  for (std::size_t i = 0; i < a.size(); ++i) {
+    auto x = a[i], y = b[i];
+    if (x >= 'A' && x <= 'Z') x = static_cast<char>(x - 'A' + 'a');
+    if (y >= 'A' && y <= 'Z') y = static_cast<char>(y - 'A' + 'a');
+    if (x != y) return false;
+  }
+  return true;
+}
+
+bool is_name_char(char c) {
+  return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '_' ||
+         c == '.' || c == '+' || c == '-';
+}
+
+// Scans JSON text for @@name@@, tracking whether each one sits inside a string literal. `on`
+// (name, in_string, out) appends a replacement and returns true, or returns false to keep the
+// original text. Everything else is copied as is.
+template <class OnTemplate>
+std::string scan_templates(std::string_view text, OnTemplate&& on) {
+  std::string out;
+  out.reserve(text.size() + 64);
+  bool in_string = false;
+  bool escaped = false;
+  std::size_t copied = 0;
+  std::size_t i = 0;
+  while (i < text.size()) {
+    const char c = text[i];
+    if (in_string) {
+      if (escaped) {
+        escaped = false;
+        ++i;
+        continue;
+      }
+      if (c == '\\') {
+        escaped = true;
+        ++i;
+        continue;
+      }
+      if (c == '"') {
+        in_string = false;
+        ++i;
+        continue;
+      }
+    } else if (c == '"') {
+      in_string = true;
+      ++i;
+      continue;
+    }
+    if (c == '@' && i + 1 < text.size() && text[i + 1] == '@') {
+      std::size_t j = i + 2;
+      while (j < text.size() && is_name_char(text[j])) ++j;
+      if (j > i + 2 && j + 1 < text.size() && text[j] == '@' && text[j + 1] == '@') {
+        out.append(text.substr(copied, i - copied));
+        if (!on(text.substr(i + 2, j - i - 2), in_string, out))
+          out.append(text.substr(i, j + 2 - i));
+        i = j + 2;
+        copied = i;
+        continue;
+      }
+    }
+    ++i;
+  }
+  out.append(text.substr(copied));
+  return out;
+}
+
+bool is_blank(std::string_view text) {
+  return std::all_of(text.begin(), text.end(),
+                     [](char c) { return c == ' ' || c == '\t' || c == '\n' || c == '\r'; });
+}
+
+// The text of a string as it appears between the quotes of a JSON string literal. Invalid
+// UTF-8 is replaced (U+FFFD) rather than allowed to break the body.
+void append_escaped(std::string& out, std::string_view value) {
+  const auto quoted = nlohmann::json(std::string(value))
+                          .dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
+  out.append(quoted, 1, quoted.size() - 2);
+}
+
+void append_value(std::string& out, const nlohmann::json& value, bool in_string) {
+  const auto dump = [](const nlohmann::json& v) {
+    return v.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
+  };
+  if (!in_string) {
+    out += dump(value);
+  } else if (value.is_string()) {
+    append_escaped(out, value.get_ref<const std::string&>());
+  } else if (!value.is_null()) {
+    append_escaped(out, dump(value));
+  }
+}
+
+nlohmann::json optional_string(const std::string& s) {
+  return s.empty() ? nlohmann::json(nullptr) : nlohmann::json(s);
+}
+
+// A built-in event field named by a one-segment chain (content.Path), or nullopt.
+std::optional<nlohmann::json> event_field(std::string_view name, const event& e) {
+  if (iequals(name, "Path")) return nlohmann::json(e.path);
+  if (iequals(name, "Name")) return nlohmann::json(e.name);
+  if (iequals(name, "DisplayName")) return nlohmann::json(e.display_name);
+  if (iequals(name, "Id") || iequals(name, "NodeId")) return nlohmann::json(e.node_id);
+  if (iequals(name, "VersionId")) return nlohmann::json(e.version_id);
+  if (iequals(name, "Version")) return nlohmann::json(e.version);
+  if (iequals(name, "ContentType") || iequals(name, "Type")) return nlohmann::json(e.content_type);
+  if (iequals(name, "ModifiedBy")) return nlohmann::json(e.modified_by);
+  if (iequals(name, "PreviousVersion")) {
+    return e.previous_version ? nlohmann::json(*e.previous_version) : nlohmann::json(nullptr);
+  }
+  if (iequals(name, "VersionModificationDate")) return optional_string(e.version_modification_date);
+  return std::nullopt;
+}
+
+// Follows a dotted chain through the event's data: exact key first, then a case-insensitive
+// match; numeric segments index arrays. Null when any step is missing.
+nlohmann::json data_field(std::string_view chain, const event& e) {
+  const nlohmann::json* cur = &e.data;
+  std::size_t pos = 0;
+  while (pos <= chain.size()) {
+    const auto end = std::min(chain.find('.', pos), chain.size());
+    const auto seg = chain.substr(pos, end - pos);
+    pos = end + 1;
+    const nlohmann::json* next = nullptr;
+    if (cur->is_object() && !seg.empty()) {
+      if (auto it = cur->find(seg); it != cur->end()) {
+        next = &*it;
+      } else {
+        for (auto item = cur->begin(); item != cur->end(); ++item) {
+          if (iequals(item.key(), seg)) {
+            next = &item.value();
+            break;
+          }
+        }
+      }
+    } else if (cur->is_array() && !seg.empty() && seg.size() <= 9 &&
+               std::all_of(seg.begin(), seg.end(), [](char c) { return c >= '0' && c <= '9'; })) {
+      const auto index = std::stoul(std::string(seg));
+      if (index < cur->size()) next = &(*cur)[index];
+    }
+    if (next == nullptr) return nullptr;
+    cur = next;
+  }
+  return *cur;
+}
+
+// The value of a template, or nullopt for a name hookline does not know (left unchanged).
+std::optional<nlohmann::json> resolve(std::string_view name, const event& e,
+                                      const render_context& ctx) {
+  const auto base_end = std::min(name.find_first_of(".+-"), name.size());
+  const auto base = name.substr(0, base_end);
+  const auto rest = name.substr(base_end);
+
+  if (iequals(base, "content")) {
+    if (rest.empty()) return nlohmann::json(e.node_id);
+    if (rest.size() < 2 || rest[0] != '.') return std::nullopt;
+    const auto chain = rest.substr(1);
+    if (chain.find('.') == std::string_view::npos) {
+      if (auto v = event_field(chain, e)) return v;
+    }
+    return data_field(chain, e);
+  }
+
+  const bool date_time = iequals(base, "currentdate");
+  const bool day = iequals(base, "currentday") || iequals(base, "today");
+  const bool time_of_day = iequals(base, "currenttime");
+  if (date_time || day || time_of_day) {
+    auto t = to_instant(ctx.now);
+    if (!rest.empty()) {
+      if (rest[0] != '+' && rest[0] != '-') return std::nullopt;
+      std::size_t k = 1;
+      while (k < rest.size() && rest[k] >= '0' && rest[k] <= '9') ++k;
+      if (k == 1 || k > 10) return std::nullopt;  // 1..9 digits
+      std::int64_t amount = std::stoll(std::string(rest.substr(1, k - 1)));
+      if (rest[0] == '-') amount = -amount;
+      const auto unit = parse_unit(rest.substr(k));
+      if (!unit) return std::nullopt;
+      const auto shifted = shift(t, amount, *unit);
+      if (!shifted) return std::nullopt;
+      t = *shifted;
+    }
+    if (t.seconds < first_second || t.seconds > last_second) return std::nullopt;
+    if (date_time) return nlohmann::json(format_date_time(t));
+    std::string out;
+    const auto c = to_civil(t.seconds);
+    if (day) {
+      append_date(out, c.date);
+    } else {
+      append_time(out, c.second_of_day);
+    }
+    return nlohmann::json(std::move(out));
+  }
+
+  if (!rest.empty()) return std::nullopt;
+  if (iequals(base, "currentuser")) return optional_string(e.current_user);
+  if (iequals(base, "eventname")) return nlohmann::json(e.event_name);
+  if (iequals(base, "repository")) return nlohmann::json(ctx.repository);
+  return std::nullopt;
+}
+
+// nlohmann's message without its "[json.exception.parse_error.101] " prefix.
+std::string parse_reason(const nlohmann::json::exception& ex) {
+  std::string_view what = ex.what();
+  if (const auto p = what.find("] "); p != std::string_view::npos) what.remove_prefix(p + 2);
+  return std::string(what);
+}
+
+const char* type_name(const nlohmann::json& j) {
+  return j.type_name();
+}
+
+template <class Json>
+Json expand_impl(std::string_view payload_text, const event& e, const render_context& ctx) {
+  if (is_blank(payload_text)) return Json::object();
+  const auto text =
+      scan_templates(payload_text, [&](std::string_view name, bool in_string, std::string& out) {
+        if (auto value = resolve(name, e, ctx)) {
+          append_value(out, *value, in_string);
+          return true;
+        }
+        if (in_string) return false;
+        // Outside a string an unknown template would not be JSON: keep its text as a string.
+        out += '"';
+        out += "@@";
+        out.append(name);
+        out += "@@";
+        out += '"';
+        return true;
+      });
+  Json result;
+  try {
+    result = Json::parse(text);
+  } catch (const nlohmann::json::exception& ex) {
+    throw error("custom payload is not valid JSON after template expansion: " + parse_reason(ex));
+  }
+  if (!result.is_object()) {
+    throw error(std::string("custom payload must be a JSON object, not ") + result.type_name());
+  }
+  return result;
+}
+
+template <class Json>
+Json default_impl(const event& e, std::string_view subscription_id, const render_context& ctx) {
+  Json j = Json::object();
+  j["nodeId"] = e.node_id;
+  j["versionId"] = e.version_id;
+  j["version"] = e.version;
+  j["previousVersion"] = e.previous_version ? Json(*e.previous_version) : Json(nullptr);
+  j["versionModificationDate"] =
+      e.version_modification_date.empty() ? Json(nullptr) : Json(e.version_modification_date);
+  j["modifiedBy"] = e.modified_by;
+  j["path"] = e.path;
+  j["name"] = e.name;
+  j["displayName"] = e.display_name;
+  j["eventName"] = e.event_name;
+  j["subscriptionId"] = std::string(subscription_id);
+  j["sentTime"] = format_iso8601(ctx.now);
+  j["repository"] = ctx.repository;
+  j["changedFields"] = e.changed_fields;
+  return j;
+}
+
+// Digits [first, first+count) of s as a number; false when any is not a digit.
+bool digits(std::string_view s, std::size_t first, std::size_t count, int& value) {
+  if (first + count > s.size()) return false;
+  value = 0;
+  for (std::size_t i = first; i < first + count; ++i) {
+    if (s[i] < '0' || s[i] > '9') return false;
+    value = value * 10 + (s[i] - '0');
+  }
+  return true;
+}
+
+}  // namespace
+
+nlohmann::json default_payload(const event& e, std::string_view subscription_id,
+                               const render_context& ctx) {
+  return default_impl<nlohmann::json>(e, subscription_id, ctx);
+}
+
+nlohmann::json expand_payload(std::string_view payload_text, const event& e,
+                              const render_context& ctx) {
+  return expand_impl<nlohmann::json>(payload_text, e, ctx);
+}
+
+std::string render_body(const event& e, const subscription& s, const render_context& ctx) {
+  // ordered_json keeps sensenet's field order, then the custom keys in the order written.
+  auto body = default_impl<nlohmann::ordered_json>(e, s.id, ctx);
+  if (!is_blank(s.payload)) {
+    auto custom = expand_impl<nlohmann::ordered_json>(s.payload, e, ctx);
+    for (auto& [key, value] : custom.items()) body[key] = std::move(value);
+  }
+  return body.dump(-1, ' ', false, nlohmann::ordered_json::error_handler_t::replace);
+}
+
+std::string check_payload(std::string_view payload_text) {
+  if (is_blank(payload_text)) return {};
+  // Bare templates become `null` padded to the same length, so parse positions stay true to the
+  // text the user wrote; templates inside strings are already valid string content.
+  const auto text =
+      scan_templates(payload_text, [](std::string_view name, bool in_string, std::string& out) {
+        if (in_string) return false;
+        out += "null";
+        out.append(name.size(), ' ');
+        return true;
+      });
+  nlohmann::json parsed;
+  try {
+    parsed = nlohmann::json::parse(text);
+  } catch (const nlohmann::json::exception& ex) {
+    return "not valid JSON: " + parse_reason(ex);
+  }
+  if (!parsed.is_object()) return std::string("must be a JSON object, not ") + type_name(parsed);
+  return {};
+}
+
+std::string format_iso8601(std::chrono::system_clock::time_point t) {
+  return format_date_time(to_instant(t));
+}
+
+std::optional<std::chrono::system_clock::time_point> parse_iso8601(std::string_view s) {
+  int y = 0, mo = 0, d = 0;
+  if (!digits(s, 0, 4, y) || s.size() < 10 || s[4] != '-' || !digits(s, 5, 2, mo) || s[7] != '-' ||
+      !digits(s, 8, 2, d)) {
+    return std::nullopt;
+  }
+  const year_month_day date{year{y}, month{static_cast<unsigned>(mo)},
+                            day{static_cast<unsigned>(d)}};
+  if (!date.ok()) return std::nullopt;
+  std::int64_t secs = sys_days{date}.time_since_epoch().count() * std::int64_t{86400};
+  std::int64_t nanos = 0;
+  if (s.size() == 10) return system_clock::time_point{seconds{secs}};
+
+  if (s[10] != 'T' && s[10] != 't') return std::nullopt;
+  int hh = 0, mm = 0, ss = 0;
+  if (!digits(s, 11, 2, hh) || s.size() < 16 || s[13] != ':' || !digits(s, 14, 2, mm)) {
+    return std::nullopt;
+  }
+  std::size_t pos = 16;
+  if (pos < s.size() && s[pos] == ':') {
+    if (!digits(s, pos + 1, 2, ss)) return std::nullopt;
+    pos += 3;
+    if (pos < s.size() && (s[pos] == '.' || s[pos] == ',')) {
+      ++pos;
+      const auto start = pos;
+      std::int64_t scale = 100'000'000;
+      while (pos < s.size() && s[pos] >= '0' && s[pos] <= '9') {
+        nanos += (s[pos] - '0') * scale;  // digits past nanoseconds are read and dropped
+        scale /= 10;
+        ++pos;
+      }
+      if (pos == start) return std::nullopt;
+    }
+  }
+  // 60 admits a leap second (it reads as the first second of the next minute).
+  if (hh > 23 || mm > 59 || ss > 60) return std::nullopt;
+  secs += hh * 3600 + mm * 60 + ss;
+
+  if (pos < s.size()) {
+    const char sign = s[pos];
+    if ((sign == 'Z' || sign == 'z') && pos + 1 == s.size()) {
+      pos = s.size();
+    } else if (sign == '+' || sign == '-') {
+      int oh = 0, om = 0;
+      if (!digits(s, pos + 1, 2, oh)) return std::nullopt;
+      pos += 3;
+      if (pos < s.size()) {
+        if (s[pos] == ':') ++pos;
+        if (!digits(s, pos, 2, om)) return std::nullopt;
+        pos += 2;
+      }
+      if (pos != s.size() || oh > 23 || om > 59) return std::nullopt;
+      const int offset = (oh * 3600 + om * 60) * (sign == '+' ? 1 : -1);
+      secs -= offset;
+    } else {
+      return std::nullopt;
+    }
+  }
+  // Beyond system_clock's nanosecond range (about 1677..2262) the value cannot be represented.
+  constexpr std::int64_t limit = std::numeric_limits<std::int64_t>::max() / 1'000'000'000 - 1;
+  if (secs > limit || secs < -limit) return std::nullopt;
+  return system_clock::time_point{duration_cast<system_clock::duration>(seconds{secs}) +
+                                  duration_cast<system_clock::duration>(nanoseconds{nanos})};
+}
+
+}  // namespace hookline

@@ -1,0 +1,21 @@
+#pragma once
+// Private factories behind hookline::make_store (src/stores/make_store.cpp).
+
+#include <memory>
+#include <string>
+
+#include "hookline/store.hpp"
+
+namespace hookline::detail {
+
+/// In-process store; nothing survives the process. `capacity` bounds pending messages
+/// (enqueue throws hookline::queue_full_error-compatible hookline::error when it would exceed).
+std::shared_ptr<delivery_store> make_memory_store(const store_options& options);
+/// Embedded durable store in one SQLite file (WAL, group commit).
+std::shared_ptr<delivery_store> make_sqlite_store(const std::string& path,
+                                                  const store_options& options);
+/// Shared outbox for many workers on many machines.
+std::shared_ptr<delivery_store> make_postgres_store(const std::string& conninfo,
+                                                    const store_options& options);
+
+}  // namespace hookline::detail

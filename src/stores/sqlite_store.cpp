@@ -1,0 +1,921 @@
+// Embedded durable store in one SQLite file: WAL, group commit, leases, versioned migrations.
+#include "stores/sqlite_store.hpp"
+
+#include <fcntl.h>
+#include <sqlite3.h>
+#include <sys/file.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <cstring>
+#include <iterator>
+#include <map>
+#include <mutex>
+#include <string_view>
+#include <type_traits>
+#include <unordered_map>
+
+#include "hookline/error.hpp"
+#include "stores/factories.hpp"
+#include "stores/sql_common.hpp"
+
+namespace hookline::detail {
+namespace {
+
+using std::chrono::milliseconds;
+
+// Versioned migrations, applied in order inside one transaction at open. Never edit a shipped
+// entry: add a new one.
+const char* const kMigrations[] = {
+    // 1: the outbox, the attempt log, subscription state and statistics.
+    R"sql(
+CREATE TABLE messages(
+  sequence INTEGER PRIMARY KEY,
+  id TEXT NOT NULL UNIQUE,
+  subscription_id TEXT NOT NULL,
+  event_id TEXT NOT NULL,
+  event_name TEXT NOT NULL,
+  url TEXT NOT NULL,
+  http_method TEXT NOT NULL,
+  body BLOB NOT NULL,
+  ordered INTEGER NOT NULL DEFAULT 0,
+  status TEXT NOT NULL CHECK (status IN ('pending', 'delivered', 'dead')),
+  attempts INTEGER NOT NULL DEFAULT 0,
+  created_at INTEGER NOT NULL,
+  next_attempt_at INTEGER NOT NULL,
+  updated_at INTEGER NOT NULL,
+  last_status INTEGER NOT NULL DEFAULT 0,
+  last_error TEXT NOT NULL DEFAULT '',
+  lease_owner TEXT,
+  lease_until INTEGER);
+CREATE INDEX messages_claim ON messages(status, next_attempt_at);
+CREATE INDEX messages_head ON messages(subscription_id, status, sequence);
+CREATE INDEX messages_created ON messages(created_at);
+CREATE INDEX messages_status_updated ON messages(status, updated_at);
+CREATE INDEX messages_lease_owner ON messages(lease_owner) WHERE lease_owner IS NOT NULL;
+CREATE TABLE attempts(
+  id INTEGER PRIMARY KEY,
+  message_id TEXT NOT NULL,
+  subscription_id TEXT NOT NULL,
+  event_id TEXT NOT NULL,
+  event_name TEXT NOT NULL,
+  url TEXT NOT NULL,
+  http_method TEXT NOT NULL,
+  attempt INTEGER NOT NULL,
+  started_at INTEGER NOT NULL,
+  duration_us INTEGER NOT NULL,
+  status_code INTEGER NOT NULL,
+  error TEXT NOT NULL,
+  request_length INTEGER NOT NULL,
+  response_length INTEGER NOT NULL,
+  response_head TEXT NOT NULL,
+  success INTEGER NOT NULL);
+CREATE INDEX attempts_message ON attempts(message_id, id);
+CREATE INDEX attempts_subscription ON attempts(subscription_id, started_at);
+CREATE INDEX attempts_started ON attempts(started_at);
+CREATE TABLE subscription_state(
+  subscription_id TEXT PRIMARY KEY,
+  disabled INTEGER NOT NULL,
+  reason TEXT NOT NULL,
+  failing_since INTEGER);
+CREATE TABLE subscription_stats(
+  subscription_id TEXT PRIMARY KEY,
+  calls INTEGER NOT NULL DEFAULT 0,
+  status_1xx INTEGER NOT NULL DEFAULT 0,
+  status_2xx INTEGER NOT NULL DEFAULT 0,
+  status_3xx INTEGER NOT NULL DEFAULT 0,
+  status_4xx INTEGER NOT NULL DEFAULT 0,
+  status_5xx INTEGER NOT NULL DEFAULT 0,
+  failures INTEGER NOT NULL DEFAULT 0,
+  errors INTEGER NOT NULL DEFAULT 0,
+  request_bytes INTEGER NOT NULL DEFAULT 0,
+  response_bytes INTEGER NOT NULL DEFAULT 0);
+)sql",
+};
+static_assert(std::size(kMigrations) == sqlite_schema_version);
+
+constexpr const char* kMessageColumns =
+    "id, sequence, subscription_id, event_id, event_name, url, http_method, body, ordered, "
+    "status, attempts, created_at, next_attempt_at, updated_at, last_status, last_error";
+
+constexpr const char* kAttemptColumns =
+    "message_id, subscription_id, event_id, event_name, url, http_method, attempt, started_at, "
+    "duration_us, status_code, error, request_length, response_length, response_head, success";
+
+// An ordered message is claimable only when no earlier message of its subscription is pending.
+#define ORDERED_HEAD(alias)                               \
+  "AND (" alias                                           \
+  ".ordered = 0 OR NOT EXISTS (SELECT 1 FROM messages p " \
+  "WHERE p.subscription_id = " alias                      \
+  ".subscription_id AND p.status = 'pending' "            \
+  "AND p.sequence < " alias ".sequence)) "
+
+// Rows deleted per transaction by prune(), so the committer never holds the write lock long.
+constexpr int kPruneChunk = 5000;
+
+/// A prepared statement; reset (bindings cleared) when the guard returned by use() goes away.
+class statement {
+ public:
+  statement(sqlite3* db, const std::string& sql, const std::string& where)
+      : db_(db), where_(where) {
+    if (sqlite3_prepare_v3(db, sql.c_str(), static_cast<int>(sql.size()), SQLITE_PREPARE_PERSISTENT,
+                           &stmt_, nullptr) != SQLITE_OK) {
+      throw error(where_ + ": preparing a statement: " + sqlite3_errmsg(db));
+    }
+  }
+  ~statement() { sqlite3_finalize(stmt_); }
+  statement(const statement&) = delete;
+  statement& operator=(const statement&) = delete;
+
+  statement& bind(int i, std::int64_t v) {
+    check(sqlite3_bind_int64(stmt_, i, v));
+    return *this;
+  }
+  statement& bind(int i, int v) { return bind(i, static_cast<std::int64_t>(v)); }
+  statement& bind(int i, std::size_t v) { return bind(i, static_cast<std::int64_t>(v)); }
+  statement& bind(int i, bool v) { return bind(i, static_cast<std::int64_t>(v ? 1 : 0)); }
+  statement& bind(int i, std::string_view v) {
+    check(sqlite3_bind_text64(stmt_, i, v.data(), v.size(), SQLITE_TRANSIENT, SQLITE_UTF8));
+    return *this;
+  }
+  statement& bind(int i, const std::string& v) { return bind(i, std::string_view(v)); }
+  statement& bind(int i, const char* v) { return bind(i, std::string_view(v)); }
+  statement& bind_blob(int i, std::string_view v) {
+    check(sqlite3_bind_blob64(stmt_, i, v.data(), v.size(), SQLITE_TRANSIENT));
+    return *this;
+  }
+  statement& bind_null(int i) {
+    check(sqlite3_bind_null(stmt_, i));
+    return *this;
+  }
+
+  /// True when a row is available.
+  bool step() {
+    const int rc = sqlite3_step(stmt_);
+    if (rc == SQLITE_ROW) return true;
+    if (rc == SQLITE_DONE) return false;
+    throw error(where_ + ": " + sqlite3_errmsg(db_));
+  }
+  void run() {
+    while (step()) {
+    }
+  }
+
+  std::int64_t i64(int col) const { return sqlite3_column_int64(stmt_, col); }
+  bool is_null(int col) const { return sqlite3_column_type(stmt_, col) == SQLITE_NULL; }
+  std::string str(int col) const {
+    const auto* p = static_cast<const char*>(sqlite3_column_blob(stmt_, col));
+    const int n = sqlite3_column_bytes(stmt_, col);
+    return p ? std::string(p, static_cast<std::size_t>(n)) : std::string();
+  }
+
+  void reset() {
+    sqlite3_reset(stmt_);
+    sqlite3_clear_bindings(stmt_);
+  }
+
+ private:
+  void check(int rc) {
+    if (rc != SQLITE_OK) throw error(where_ + ": binding a parameter: " + sqlite3_errmsg(db_));
+  }
+  sqlite3* db_;
+  sqlite3_stmt* stmt_ = nullptr;
+  const std::string& where_;
+};
+
+/// One connection with a statement cache. Not thread safe: the owner serialises access.
+class connection {
+ public:
+  connection(const std::string& path, const std::string& where) : where_(where) {
+    const int rc =
+        sqlite3_open_v2(path.c_str(), &db_,
+                        SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX, nullptr);
+    if (rc != SQLITE_OK) {
+      std::string msg = db_ ? sqlite3_errmsg(db_) : sqlite3_errstr(rc);
+      sqlite3_close_v2(db_);
+      throw error(where_ + ": cannot open: " + msg);
+    }
+    sqlite3_extended_result_codes(db_, 1);
+  }
+  ~connection() {
+    cache_.clear();
+    sqlite3_close_v2(db_);
+  }
+  connection(const connection&) = delete;
+  connection& operator=(const connection&) = delete;
+
+  void exec(const std::string& sql) {
+    char* msg = nullptr;
+    if (sqlite3_exec(db_, sql.c_str(), nullptr, nullptr, &msg) != SQLITE_OK) {
+      std::string text = msg ? msg : sqlite3_errmsg(db_);
+      sqlite3_free(msg);
+      throw error(where_ + ": " + text);
+    }
+  }
+
+  /// The cached statement for `sql`, reset when the returned guard is destroyed.
+  class use_guard {
+   public:
+    explicit use_guard(statement& s) : s_(s) {}
+    ~use_guard() { s_.reset(); }
+    use_guard(const use_guard&) = delete;
+    use_guard& operator=(const use_guard&) = delete;
+    statement* operator->() { return &s_; }
+    statement& operator*() { return s_; }
+
+   private:
+    statement& s_;
+  };
+  use_guard use(const std::string& sql) {
+    auto it = cache_.find(sql);
+    if (it == cache_.end()) {
+      it = cache_.emplace(sql, std::make_unique<statement>(db_, sql, where_)).first;
+    }
+    return use_guard(*it->second);
+  }
+
+  std::int64_t changes() const { return sqlite3_changes64(db_); }
+  sqlite3* raw() const { return db_; }
+
+ private:
+  sqlite3* db_ = nullptr;
+  const std::string& where_;
+  std::unordered_map<std::string, std::unique_ptr<statement>> cache_;
+};
+
+message read_message(statement& s) {
+  message m;
+  m.id = s.str(0);
+  m.sequence = s.i64(1);
+  m.subscription_id = s.str(2);
+  m.event_id = s.str(3);
+  m.event_name = s.str(4);
+  m.url = s.str(5);
+  m.http_method = s.str(6);
+  m.body = s.str(7);
+  m.ordered = s.i64(8) != 0;
+  m.status = parse_message_status(s.str(9)).value_or(message_status::pending);
+  m.attempts = static_cast<int>(s.i64(10));
+  m.created_at = from_ns(s.i64(11));
+  m.next_attempt_at = from_ns(s.i64(12));
+  m.updated_at = from_ns(s.i64(13));
+  m.last_status = static_cast<int>(s.i64(14));
+  m.last_error = s.str(15);
+  return m;
+}
+
+attempt_record read_attempt(statement& s) {
+  attempt_record a;
+  a.message_id = s.str(0);
+  a.subscription_id = s.str(1);
+  a.event_id = s.str(2);
+  a.event_name = s.str(3);
+  a.url = s.str(4);
+  a.http_method = s.str(5);
+  a.attempt = static_cast<int>(s.i64(6));
+  a.started_at = from_ns(s.i64(7));
+  a.duration = std::chrono::microseconds(s.i64(8));
+  a.status_code = static_cast<int>(s.i64(9));
+  a.error = s.str(10);
+  a.request_length = static_cast<std::size_t>(s.i64(11));
+  a.response_length = static_cast<std::size_t>(s.i64(12));
+  a.response_head = s.str(13);
+  a.success = s.i64(14) != 0;
+  return a;
+}
+
+/// `sqlite:PATH[?synchronous=full|normal]`: splits the options off the path.
+struct sqlite_location {
+  std::string path;
+  bool sync_full = true;
+};
+
+sqlite_location parse_location(const std::string& spec) {
+  sqlite_location loc;
+  const auto q = spec.find('?');
+  loc.path = spec.substr(0, q);
+  if (loc.path.empty()) throw error("sqlite store: the file path is empty");
+  if (loc.path == ":memory:") {
+    throw error("sqlite store: ':memory:' is not a durable file; use the store URI 'memory:'");
+  }
+  if (q == std::string::npos) return loc;
+  std::string_view rest = std::string_view(spec).substr(q + 1);
+  while (!rest.empty()) {
+    const auto amp = rest.find('&');
+    const std::string_view kv = rest.substr(0, amp);
+    rest = amp == std::string_view::npos ? std::string_view() : rest.substr(amp + 1);
+    const auto eq = kv.find('=');
+    const std::string_view key = kv.substr(0, eq);
+    const std::string_view value = eq == std::string_view::npos ? "" : kv.substr(eq + 1);
+    if (key == "synchronous") {
+      if (value == "full") {
+        loc.sync_full = true;
+      } else if (value == "normal") {
+        loc.sync_full = false;
+      } else {
+        throw error("sqlite store " + loc.path + ": option synchronous: '" + std::string(value) +
+                    "' is not 'full' or 'normal'");
+      }
+    } else {
+      throw error("sqlite store " + loc.path + ": unknown option '" + std::string(key) + "'");
+    }
+  }
+  return loc;
+}
+
+class sqlite_store final : public delivery_store {
+ public:
+  sqlite_store(const std::string& spec, const store_options& options)
+      : options_(options), log_(store_logger()) {
+    const sqlite_location loc = parse_location(spec);
+    where_ = "sqlite store " + loc.path;
+    sync_full_ = loc.sync_full;
+    if (options_.request_timeout <= milliseconds(0)) {
+      throw error(where_ + ": request_timeout must be positive");
+    }
+    take_lock(loc.path);
+    writer_ = std::make_unique<connection>(loc.path, where_);
+    configure(*writer_);
+    migrate();
+    reader_ = std::make_unique<connection>(loc.path, where_);
+    configure(*reader_);
+    if (exclusive_at_open_) {
+      // Nobody else has the file open, so every lease belongs to a process that is gone.
+      writer_->exec(
+          "UPDATE messages SET lease_owner = NULL, lease_until = NULL "
+          "WHERE lease_owner IS NOT NULL");
+      released_at_open_ = true;
+    }
+    committer_ = std::make_unique<group_committer>(
+        [this](std::vector<std::shared_ptr<write_op>>& ops) { run_batch(ops); }, log_);
+    pruner_ = std::make_unique<retention_pruner>(*this, options_.retention, log_);
+  }
+
+  ~sqlite_store() override {
+    pruner_.reset();
+    committer_->stop();
+    reader_.reset();
+    writer_.reset();
+  }
+
+  std::uint64_t commits() const { return committer_->commits(); }
+  bool released_at_open() const { return released_at_open_; }
+
+  void enqueue(std::vector<message>& batch) override {
+    if (batch.empty()) return;
+    for (const auto& m : batch) {
+      if (m.id.empty()) throw error(where_ + ": enqueue: message id is empty");
+      if (m.subscription_id.empty()) {
+        throw error(where_ + ": enqueue: message " + m.id + ": subscription_id is empty");
+      }
+    }
+    write(true, "enqueue", [&] {
+      for (auto& m : batch) {
+        m.status = message_status::pending;
+        if (m.updated_at == time_point{}) m.updated_at = m.created_at;
+        auto ins = writer_->use(
+            "INSERT INTO messages(id, subscription_id, event_id, event_name, url, http_method, "
+            "body, ordered, status, attempts, created_at, next_attempt_at, updated_at, "
+            "last_status, last_error) VALUES(?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, 'pending', ?9, ?10, "
+            "?11, ?12, ?13, ?14) ON CONFLICT(id) DO NOTHING RETURNING sequence");
+        ins->bind(1, m.id).bind(2, m.subscription_id).bind(3, m.event_id).bind(4, m.event_name);
+        ins->bind(5, m.url).bind(6, m.http_method).bind_blob(7, m.body).bind(8, m.ordered);
+        ins->bind(9, m.attempts).bind(10, to_ns(m.created_at)).bind(11, to_ns(m.next_attempt_at));
+        ins->bind(12, to_ns(m.updated_at)).bind(13, m.last_status).bind(14, m.last_error);
+        if (ins->step()) {
+          m.sequence = ins->i64(0);
+          ins->run();
+        } else {
+          // Already stored (an enqueue retried by the host): keep the stored position.
+          auto q = writer_->use("SELECT sequence FROM messages WHERE id = ?1");
+          q->bind(1, m.id);
+          if (q->step()) m.sequence = q->i64(0);
+        }
+      }
+    });
+  }
+
+  std::vector<message> claim(const claim_request& req) override {
+    check_lease(req);
+    std::vector<message> out;
+    if (req.max == 0) return out;
+    write(false, "claim", [&] {
+      out.clear();
+      auto s = writer_->use(
+          std::string("UPDATE messages SET lease_owner = ?1, lease_until = ?2 "
+                      "WHERE sequence IN (SELECT c.sequence FROM messages c "
+                      "WHERE c.status = 'pending' AND c.next_attempt_at <= ?3 "
+                      "AND (c.lease_until IS NULL OR c.lease_until <= ?3) " ORDERED_HEAD(
+                          "c") "ORDER BY c.next_attempt_at, c.sequence LIMIT ?4) RETURNING ") +
+          kMessageColumns);
+      s->bind(1, req.worker_id).bind(2, to_ns(req.now + req.lease)).bind(3, to_ns(req.now));
+      s->bind(4, req.max);
+      while (s->step()) out.push_back(read_message(*s));
+    });
+    std::sort(out.begin(), out.end(), [](const message& a, const message& b) {
+      if (a.next_attempt_at != b.next_attempt_at) return a.next_attempt_at < b.next_attempt_at;
+      return a.sequence < b.sequence;
+    });
+    return out;
+  }
+
+  void complete(const std::string& id, const attempt_record& a) override {
+    post("complete", [this, id, a] {
+      auto s = writer_->use(
+          "UPDATE messages SET status = 'delivered', lease_owner = NULL, lease_until = NULL, "
+          "attempts = CASE WHEN ?2 > 0 THEN max(attempts, ?2) ELSE attempts + 1 END, "
+          "last_status = ?3, last_error = ?4, updated_at = ?5 WHERE id = ?1");
+      s->bind(1, id).bind(2, a.attempt).bind(3, a.status_code).bind(4, a.error);
+      s->bind(5, to_ns(attempt_end(a)));
+      s->run();
+      record_attempt(a);
+    });
+  }
+
+  void reschedule(const std::string& id, time_point next, const attempt_record& a) override {
+    post("reschedule", [this, id, next, a] {
+      auto s = writer_->use(
+          "UPDATE messages SET next_attempt_at = ?5, lease_owner = NULL, lease_until = NULL, "
+          "attempts = CASE WHEN ?2 > 0 THEN max(attempts, ?2) ELSE attempts + 1 END, "
+          "last_status = ?3, last_error = CASE WHEN ?4 = '' THEN 'HTTP ' || ?3 ELSE ?4 END, "
+          "updated_at = ?6 WHERE id = ?1 AND status = 'pending'");
+      s->bind(1, id).bind(2, a.attempt).bind(3, a.status_code).bind(4, a.error);
+      s->bind(5, to_ns(next)).bind(6, to_ns(attempt_end(a)));
+      s->run();
+      record_attempt(a);
+    });
+  }
+
+  void dead_letter(const std::string& id, const std::string& reason,
+                   const attempt_record* a) override {
+    std::optional<attempt_record> copy;
+    if (a) copy = *a;
+    post("dead_letter", [this, id, reason, copy] {
+      auto s = writer_->use(
+          "UPDATE messages SET status = 'dead', lease_owner = NULL, lease_until = NULL, "
+          "attempts = CASE WHEN ?2 IS NULL THEN attempts WHEN ?2 > 0 THEN max(attempts, ?2) "
+          "ELSE attempts + 1 END, last_status = coalesce(?3, last_status), last_error = ?4, "
+          "updated_at = ?5 WHERE id = ?1 AND status = 'pending'");
+      s->bind(1, id).bind(4, reason);
+      if (copy) {
+        s->bind(2, copy->attempt).bind(3, copy->status_code).bind(5, to_ns(attempt_end(*copy)));
+      } else {
+        s->bind_null(2).bind_null(3).bind(5, to_ns(std::chrono::system_clock::now()));
+      }
+      s->run();
+      if (copy) record_attempt(*copy);
+    });
+  }
+
+  void release(const std::string& id, time_point next) override {
+    post("release", [this, id, next] {
+      auto s = writer_->use(
+          "UPDATE messages SET next_attempt_at = ?2, lease_owner = NULL, lease_until = NULL "
+          "WHERE id = ?1 AND status = 'pending'");
+      s->bind(1, id).bind(2, to_ns(next));
+      s->run();
+    });
+  }
+
+  std::size_t release_worker(const std::string& worker_id) override {
+    std::size_t n = 0;
+    write(false, "release_worker", [&] {
+      auto s = writer_->use(
+          "UPDATE messages SET lease_owner = NULL, lease_until = NULL WHERE lease_owner = ?1");
+      s->bind(1, worker_id);
+      s->run();
+      n = static_cast<std::size_t>(writer_->changes());
+    });
+    return n;
+  }
+
+  bool redeliver(const std::string& id, time_point now) override {
+    bool found = false;
+    write(true, "redeliver", [&] {
+      // A replay starts a fresh retry schedule; the attempt log keeps the history.
+      auto s = writer_->use(
+          "UPDATE messages SET status = 'pending', next_attempt_at = ?2, updated_at = ?2, "
+          "attempts = 0, lease_owner = NULL, lease_until = NULL "
+          "WHERE id = ?1 AND status <> 'pending'");
+      s->bind(1, id).bind(2, to_ns(now));
+      s->run();
+      if (writer_->changes() > 0) {
+        found = true;
+        return;
+      }
+      // Already pending: make it due now unless a worker holds it.
+      auto q = writer_->use(
+          "UPDATE messages SET next_attempt_at = ?2 WHERE id = ?1 AND status = 'pending' "
+          "AND (lease_until IS NULL OR lease_until <= ?2)");
+      q->bind(1, id).bind(2, to_ns(now));
+      q->run();
+      auto e = writer_->use("SELECT 1 FROM messages WHERE id = ?1");
+      e->bind(1, id);
+      found = e->step();
+    });
+    return found;
+  }
+
+  std::size_t recover(const std::string& subscription_id, time_point since,
+                      time_point now) override {
+    std::size_t n = 0;
+    write(true, "recover", [&] {
+      auto s = writer_->use(
+          "UPDATE messages SET status = 'pending', next_attempt_at = ?3, updated_at = ?3, "
+          "attempts = 0, lease_owner = NULL, lease_until = NULL "
+          "WHERE subscription_id = ?1 AND status = 'dead' AND created_at >= ?2");
+      s->bind(1, subscription_id).bind(2, to_ns(since)).bind(3, to_ns(now));
+      s->run();
+      n = static_cast<std::size_t>(writer_->changes());
+    });
+    return n;
+  }
+
+  std::optional<message> get(const std::string& id) override {
+    return read([&]() -> std::optional<message> {
+      auto s =
+          reader_->use(std::string("SELECT ") + kMessageColumns + " FROM messages WHERE id = ?1");
+      s->bind(1, id);
+      if (!s->step()) return std::nullopt;
+      return read_message(*s);
+    });
+  }
+
+  std::vector<message> query(const message_query& q) override {
+    return read([&] {
+      std::string sql = std::string("SELECT ") + kMessageColumns + " FROM messages WHERE 1 = 1";
+      if (q.status) sql += " AND status = ?1";
+      if (q.subscription_id) sql += " AND subscription_id = ?2";
+      if (q.since) sql += " AND created_at >= ?3";
+      sql += " ORDER BY sequence LIMIT ?4";
+      auto s = reader_->use(sql);
+      if (q.status) s->bind(1, to_string(*q.status));
+      if (q.subscription_id) s->bind(2, *q.subscription_id);
+      if (q.since) s->bind(3, to_ns(*q.since));
+      s->bind(4, limit(q.limit));
+      std::vector<message> out;
+      while (s->step()) out.push_back(read_message(*s));
+      return out;
+    });
+  }
+
+  std::vector<attempt_record> attempts(const attempt_query& q) override {
+    return read([&] {
+      std::string sql = std::string("SELECT ") + kAttemptColumns + " FROM attempts WHERE 1 = 1";
+      if (q.message_id) sql += " AND message_id = ?1";
+      if (q.subscription_id) sql += " AND subscription_id = ?2";
+      if (q.since)
+        sql += " AND started_at >= ?3";  // The most recent `limit` matches, oldest first.
+      sql += " ORDER BY id DESC LIMIT ?4";
+      auto s = reader_->use(sql);
+      if (q.message_id) s->bind(1, *q.message_id);
+      if (q.subscription_id) s->bind(2, *q.subscription_id);
+      if (q.since) s->bind(3, to_ns(*q.since));
+      s->bind(4, limit(q.limit));
+      std::vector<attempt_record> out;
+      while (s->step()) out.push_back(read_attempt(*s));
+      std::reverse(out.begin(), out.end());
+      return out;
+    });
+  }
+
+  store_counts counts(time_point now) override {
+    return read([&] {
+      store_counts c;
+      auto s = reader_->use(
+          "SELECT (SELECT count(*) FROM messages WHERE status = 'pending'), "
+          "(SELECT count(*) FROM messages WHERE status = 'delivered'), "
+          "(SELECT count(*) FROM messages WHERE status = 'dead'), "
+          "(SELECT count(*) FROM messages WHERE status = 'pending' AND lease_until > ?1)");
+      s->bind(1, to_ns(now));
+      if (s->step()) {
+        c.pending = static_cast<std::size_t>(s->i64(0));
+        c.delivered = static_cast<std::size_t>(s->i64(1));
+        c.dead = static_cast<std::size_t>(s->i64(2));
+        c.in_flight = static_cast<std::size_t>(s->i64(3));
+      }
+      return c;
+    });
+  }
+
+  subscription_stats stats(const std::string& subscription_id) override {
+    return read([&] {
+      subscription_stats st;
+      auto s = reader_->use(
+          "SELECT calls, status_1xx, status_2xx, status_3xx, status_4xx, status_5xx, failures, "
+          "errors, request_bytes, response_bytes FROM subscription_stats "
+          "WHERE subscription_id = ?1");
+      s->bind(1, subscription_id);
+      if (s->step()) {
+        auto z = [&](int c) { return static_cast<std::size_t>(s->i64(c)); };
+        st.calls = z(0);
+        st.status_1xx = z(1);
+        st.status_2xx = z(2);
+        st.status_3xx = z(3);
+        st.status_4xx = z(4);
+        st.status_5xx = z(5);
+        st.failures = z(6);
+        st.errors = z(7);
+        st.request_bytes = static_cast<std::uint64_t>(s->i64(8));
+        st.response_bytes = static_cast<std::uint64_t>(s->i64(9));
+      }
+      return st;
+    });
+  }
+
+  std::optional<time_point> next_due(time_point now) override {
+    return read([&]() -> std::optional<time_point> {  // Claimable messages (an ordered one only at
+                                                      // the head of its subscription), and leases
+      // that run out, since an expired lease makes its message claimable again.
+      auto s = reader_->use(
+          "SELECT (SELECT min(c.next_attempt_at) FROM messages c WHERE c.status = 'pending' "
+          "AND (c.lease_until IS NULL OR c.lease_until <= ?1) " ORDERED_HEAD("c") "), "
+          "(SELECT min(lease_until) FROM messages WHERE status = 'pending' "
+          "AND lease_until > ?1)");
+      s->bind(1, to_ns(now));
+      if (!s->step()) return std::nullopt;
+      std::optional<time_point> best;
+      for (int col = 0; col < 2; ++col) {
+        if (s->is_null(col)) continue;
+        const time_point t = from_ns(s->i64(col));
+        if (!best || t < *best) best = t;
+      }
+      return best;
+    });
+  }
+
+  void save_state(const subscription_state& st) override {
+    if (st.subscription_id.empty()) throw error(where_ + ": save_state: subscription_id is empty");
+    write(true, "save_state", [&] {
+      auto s = writer_->use(
+          "INSERT INTO subscription_state(subscription_id, disabled, reason, failing_since) "
+          "VALUES(?1, ?2, ?3, ?4) ON CONFLICT(subscription_id) DO UPDATE SET "
+          "disabled = excluded.disabled, reason = excluded.reason, "
+          "failing_since = excluded.failing_since");
+      s->bind(1, st.subscription_id).bind(2, st.disabled).bind(3, st.reason);
+      if (st.failing_since) {
+        s->bind(4, to_ns(*st.failing_since));
+      } else {
+        s->bind_null(4);
+      }
+      s->run();
+    });
+  }
+
+  std::vector<subscription_state> load_states() override {
+    return read([&] {
+      std::vector<subscription_state> out;
+      auto s = reader_->use(
+          "SELECT subscription_id, disabled, reason, failing_since FROM subscription_state "
+          "ORDER BY subscription_id");
+      while (s->step()) {
+        subscription_state st;
+        st.subscription_id = s->str(0);
+        st.disabled = s->i64(1) != 0;
+        st.reason = s->str(2);
+        if (!s->is_null(3)) st.failing_since = from_ns(s->i64(3));
+        out.push_back(std::move(st));
+      }
+      return out;
+    });
+  }
+
+  std::size_t prune(time_point before) override {
+    std::size_t total = 0;
+    const std::int64_t cut = to_ns(before);
+    for (const char* sql :
+         {"DELETE FROM messages WHERE sequence IN (SELECT sequence FROM messages "
+          "WHERE status = 'delivered' AND updated_at < ?1 LIMIT ?2)",
+          "DELETE FROM attempts WHERE id IN (SELECT id FROM attempts WHERE started_at < ?1 "
+          "LIMIT ?2)"}) {
+      for (;;) {
+        std::int64_t n = 0;
+        write(false, "prune", [&] {
+          auto s = writer_->use(sql);
+          s->bind(1, cut).bind(2, kPruneChunk);
+          s->run();
+          n = writer_->changes();
+        });
+        total += static_cast<std::size_t>(n);
+        if (n < kPruneChunk) break;
+      }
+    }
+    return total;
+  }
+
+ private:
+  void configure(connection& c) {
+    sqlite3_busy_timeout(c.raw(), 10000);
+    c.exec("PRAGMA journal_mode = WAL");
+    c.exec(sync_full_ ? "PRAGMA synchronous = FULL" : "PRAGMA synchronous = NORMAL");
+    c.exec("PRAGMA foreign_keys = OFF");
+    current_sync_full_ = sync_full_;
+  }
+
+  void migrate() {
+    writer_->exec("BEGIN IMMEDIATE");
+    try {
+      writer_->exec(
+          "CREATE TABLE IF NOT EXISTS schema_version(version INTEGER PRIMARY KEY, "
+          "applied_at INTEGER NOT NULL)");
+      std::int64_t current = 0;
+      {
+        auto s = writer_->use("SELECT coalesce(max(version), 0) FROM schema_version");
+        if (s->step()) current = s->i64(0);
+      }
+      if (current > sqlite_schema_version) {
+        throw error(where_ + ": schema version " + std::to_string(current) +
+                    " is newer than this hookline understands (" +
+                    std::to_string(sqlite_schema_version) + ")");
+      }
+      for (auto v = current + 1; v <= sqlite_schema_version; ++v) {
+        writer_->exec(kMigrations[v - 1]);
+        auto s = writer_->use("INSERT INTO schema_version(version, applied_at) VALUES(?1, ?2)");
+        s->bind(1, v).bind(2, to_ns(std::chrono::system_clock::now()));
+        s->run();
+      }
+      writer_->exec("COMMIT");
+    } catch (...) {
+      sqlite3_exec(writer_->raw(), "ROLLBACK", nullptr, nullptr, nullptr);
+      throw;
+    }
+  }
+
+  // A shared flock on PATH.lock marks "this file is in use" for as long as the store is open; the
+  // kernel drops it when the process dies, however it dies. Whoever gets it exclusively at open
+  // knows no other process uses the file.
+  void take_lock(const std::string& path) {
+    const std::string lock_path = path + ".lock";
+    lock_.fd = ::open(lock_path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+    if (lock_.fd < 0) {
+      throw error(where_ + ": cannot open lock file " + lock_path + ": " + std::strerror(errno));
+    }
+    if (::flock(lock_.fd, LOCK_EX | LOCK_NB) == 0) {
+      exclusive_at_open_ = true;
+    }
+    // Downgrade (or wait briefly for another process finishing its own open).
+    for (int i = 0; i < 500; ++i) {
+      if (::flock(lock_.fd, LOCK_SH | LOCK_NB) == 0) return;
+      if (errno != EWOULDBLOCK && errno != EINTR) break;
+      std::this_thread::sleep_for(milliseconds(10));
+    }
+    log_->warn(
+        "{}: could not take a shared lock on {}; leases left by a crashed process "
+        "will only be released when they expire",
+        where_, lock_path);
+    exclusive_at_open_ = false;
+  }
+
+  void check_lease(const claim_request& req) const {
+    if (req.lease <= options_.request_timeout) {
+      throw error(where_ + ": claim: lease of " + std::to_string(req.lease.count()) +
+                  " ms must be longer than the request timeout of " +
+                  std::to_string(options_.request_timeout.count()) + " ms");
+    }
+  }
+
+  static std::int64_t limit(std::size_t n) {
+    return n == 0 ? -1 : static_cast<std::int64_t>(std::min<std::size_t>(n, INT64_MAX));
+  }
+
+  template <class F>
+  void write(bool durable, const char* what, F&& f) {
+    auto op = std::make_shared<write_op>();
+    op->run = std::forward<F>(f);
+    op->durable = durable;
+    op->what = what;
+    committer_->submit_and_wait(std::move(op));
+  }
+
+  template <class F>
+  void post(const char* what, F&& f) {
+    auto op = std::make_shared<write_op>();
+    op->run = std::forward<F>(f);
+    op->what = what;
+    committer_->submit(std::move(op));
+  }
+
+  template <class F>
+  std::invoke_result_t<F&> read(F&& f) {
+    committer_->barrier();
+    std::lock_guard lock(reader_mutex_);
+    struct end_read {
+      connection& c;
+      ~end_read() { sqlite3_exec(c.raw(), "COMMIT", nullptr, nullptr, nullptr); }
+    };
+    // One read transaction so multi-statement reads see one snapshot.
+    reader_->exec("BEGIN");
+    end_read guard{*reader_};
+    return f();
+  }
+
+  void record_attempt(const attempt_record& a) {
+    {
+      auto s = writer_->use(std::string("INSERT INTO attempts(") + kAttemptColumns +
+                            ") VALUES(?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, "
+                            "?15)");
+      s->bind(1, a.message_id).bind(2, a.subscription_id).bind(3, a.event_id);
+      s->bind(4, a.event_name).bind(5, a.url).bind(6, a.http_method).bind(7, a.attempt);
+      s->bind(8, to_ns(a.started_at)).bind(9, static_cast<std::int64_t>(a.duration.count()));
+      s->bind(10, a.status_code).bind(11, a.error).bind(12, a.request_length);
+      s->bind(13, a.response_length).bind(14, a.response_head).bind(15, a.success);
+      s->run();
+    }
+    const status_buckets b(a.status_code);
+    auto s = writer_->use(
+        "INSERT INTO subscription_stats(subscription_id, calls, status_1xx, status_2xx, "
+        "status_3xx, status_4xx, status_5xx, failures, errors, request_bytes, response_bytes) "
+        "VALUES(?1, 1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10) ON CONFLICT(subscription_id) DO "
+        "UPDATE SET calls = calls + 1, status_1xx = status_1xx + excluded.status_1xx, "
+        "status_2xx = status_2xx + excluded.status_2xx, "
+        "status_3xx = status_3xx + excluded.status_3xx, "
+        "status_4xx = status_4xx + excluded.status_4xx, "
+        "status_5xx = status_5xx + excluded.status_5xx, "
+        "failures = failures + excluded.failures, errors = errors + excluded.errors, "
+        "request_bytes = request_bytes + excluded.request_bytes, "
+        "response_bytes = response_bytes + excluded.response_bytes");
+    s->bind(1, a.subscription_id).bind(2, b.s1).bind(3, b.s2).bind(4, b.s3).bind(5, b.s4);
+    s->bind(6, b.s5).bind(7, a.success ? 0 : 1).bind(8, a.status_code == 0 ? 1 : 0);
+    s->bind(9, a.request_length).bind(10, a.response_length);
+    s->run();
+  }
+
+  // Runs on the committer thread. Writes that do not need to be durable (claims, completions)
+  // commit without an fsync: in WAL mode such a commit survives a process crash, and the next
+  // durable commit's fsync makes every earlier one durable too because the WAL is sequential.
+  // Power loss can undo only such non-durable writes, which means a redelivery, never a loss.
+  void run_batch(std::vector<std::shared_ptr<write_op>>& ops) {
+    const bool durable =
+        sync_full_ && std::any_of(ops.begin(), ops.end(), [](auto& o) { return o->durable; });
+    if (durable != current_sync_full_) {
+      writer_->exec(durable ? "PRAGMA synchronous = FULL" : "PRAGMA synchronous = NORMAL");
+      current_sync_full_ = durable;
+    }
+    try {
+      transaction(ops);
+    } catch (...) {
+      if (ops.size() == 1) throw;
+      // Isolate the failing write: the others still commit, each in its own transaction.
+      for (auto& op : ops) {
+        std::vector<std::shared_ptr<write_op>> one{op};
+        try {
+          transaction(one);
+        } catch (...) {
+          op->error = std::current_exception();
+        }
+      }
+    }
+  }
+
+  void transaction(std::vector<std::shared_ptr<write_op>>& ops) {
+    writer_->exec("BEGIN IMMEDIATE");
+    try {
+      for (auto& op : ops) op->run();
+      writer_->exec("COMMIT");
+    } catch (...) {
+      sqlite3_exec(writer_->raw(), "ROLLBACK", nullptr, nullptr, nullptr);
+      throw;
+    }
+  }
+
+  store_options options_;
+  std::shared_ptr<spdlog::logger> log_;
+  std::string where_;
+  bool sync_full_ = true;
+  bool current_sync_full_ = true;
+  struct fd_guard {
+    int fd = -1;
+    ~fd_guard() {
+      if (fd >= 0) ::close(fd);  // drops the flock
+    }
+  } lock_;
+  bool exclusive_at_open_ = false;
+  bool released_at_open_ = false;
+  std::unique_ptr<connection> writer_;  // used only by the committer thread after open
+  std::unique_ptr<connection> reader_;
+  std::mutex reader_mutex_;
+  std::unique_ptr<group_committer> committer_;
+  std::unique_ptr<retention_pruner> pruner_;
+};
+
+}  // namespace
+
+std::uint64_t sqlite_store_commits(const delivery_store& store) {
+  const auto* s = dynamic_cast<const sqlite_store*>(&store);
+  if (!s) throw error("sqlite_store_commits: not an SQLite store");
+  return s->commits();
+}
+
+bool sqlite_store_released_stale_leases(const delivery_store& store) {
+  const auto* s = dynamic_cast<const sqlite_store*>(&store);
+  if (!s) throw error("sqlite_store_released_stale_leases: not an SQLite store");
+  return s->released_at_open();
+}
+
+std::shared_ptr<delivery_store> make_sqlite_store(const std::string& path,
+                                                  const store_options& options) {
+  return std::make_shared<sqlite_store>(path, options);
+}
+
+}  // namespace hookline::detail

@@ -1,0 +1,740 @@
+#include "transport/transport.hpp"
+
+#include <arpa/inet.h>
+#include <curl/curl.h>
+#include <pthread.h>
+#include <sys/epoll.h>
+#include <sys/eventfd.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <atomic>
+#include <cctype>
+#include <cerrno>
+#include <cstring>
+#include <deque>
+#include <mutex>
+#include <thread>
+
+#include "hookline/error.hpp"
+#include "transport/address_guard.hpp"
+
+#ifndef HOOKLINE_VERSION
+#define HOOKLINE_VERSION "0"
+#endif
+
+namespace hookline::detail {
+
+namespace {
+
+class curl_error_category final : public std::error_category {
+ public:
+  const char* name() const noexcept override { return "curl"; }
+  std::string message(int code) const override {
+    return curl_easy_strerror(static_cast<CURLcode>(code));
+  }
+};
+
+void global_init() {
+  static std::once_flag once;
+  std::call_once(once, [] {
+    if (curl_global_init(CURL_GLOBAL_DEFAULT) != CURLE_OK) {
+      throw hookline::error("transport: curl_global_init failed");
+    }
+  });
+}
+
+bool iequals(std::string_view a, std::string_view b) {
+  return a.size() == b.size() && std::equal(a.begin(), a.end(), b.begin(), [](char x, char y) {
+           return std::tolower(static_cast<unsigned char>(x)) ==
+                  std::tolower(static_cast<unsigned char>(y));
+         });
+}
+
+bool starts_with_header(std::string_view line, std::string_view name) {
+  return line.size() > name.size() && line[name.size()] == ':' &&
+         iequals(line.substr(0, name.size()), name);
+}
+
+bool is_token(std::string_view s) {
+  if (s.empty()) return false;
+  return std::all_of(s.begin(), s.end(), [](char c) {
+    auto u = static_cast<unsigned char>(c);
+    return std::isalnum(u) || std::strchr("!#$%&'*+-.^_`|~", c) != nullptr;
+  });
+}
+
+error_kind classify(CURLcode code) {
+  switch (code) {
+    case CURLE_OK:
+      return error_kind::none;
+    case CURLE_OPERATION_TIMEDOUT:
+      return error_kind::timeout;
+    case CURLE_URL_MALFORMAT:
+    case CURLE_UNSUPPORTED_PROTOCOL:
+    case CURLE_NOT_BUILT_IN:
+    case CURLE_BAD_FUNCTION_ARGUMENT:
+    case CURLE_SSL_CERTPROBLEM:
+    case CURLE_SSL_CACERT_BADFILE:
+    case CURLE_SSL_CRL_BADFILE:
+    case CURLE_SSL_ENGINE_NOTFOUND:
+    case CURLE_SSL_ENGINE_SETFAILED:
+    case CURLE_SSL_ENGINE_INITFAILED:
+      return error_kind::invalid;
+    case CURLE_SSL_CONNECT_ERROR:
+    case CURLE_PEER_FAILED_VERIFICATION:
+    case CURLE_SSL_CIPHER:
+    case CURLE_SSL_ISSUER_ERROR:
+    case CURLE_SSL_PINNEDPUBKEYNOTMATCH:
+    case CURLE_SSL_INVALIDCERTSTATUS:
+    case CURLE_SSL_SHUTDOWN_FAILED:
+    case CURLE_USE_SSL_FAILED:
+      return error_kind::tls;
+    default:
+      return error_kind::network;
+  }
+}
+
+// One libcurl multi handle with its connection cache. The epoll engine spreads endpoints over
+// several: libcurl 7.x walks the whole connection cache on every curl_multi_remove_handle, so
+// one cache holding thousands of connections makes each completion cost O(connections).
+struct shard {
+  CURLM* multi = nullptr;
+  std::uint32_t index = 0;
+  int epoll_fd = -1;
+  std::optional<std::chrono::steady_clock::time_point> timer_due;
+};
+
+// One request while the loop owns it. Heap-allocated so that the pointers handed to libcurl
+// (body, error buffer, this) stay put.
+struct transfer {
+  http_request req;
+  http_response resp;
+  CURL* easy = nullptr;
+  shard* home = nullptr;  // the multi handle it was added to
+  curl_slist* headers = nullptr;
+  std::optional<std::string> refusal;  // set by the connect-time guard
+  bool permitted = false;              // the guard let at least one address through
+  bool guarded = true;
+  std::size_t max_body = 0;
+  std::chrono::steady_clock::time_point started{};
+  std::atomic<std::uint64_t>* connections = nullptr;
+  const address_guard* guard = nullptr;
+  std::size_t index = 0;  // position in the loop's active list
+  char error[CURL_ERROR_SIZE] = {};
+};
+
+size_t on_body(char* data, size_t size, size_t n, void* user) {
+  auto* t = static_cast<transfer*>(user);
+  auto bytes = size * n;
+  t->resp.response_length += bytes;
+  if (t->resp.body_head.size() < t->max_body) {
+    t->resp.body_head.append(data, std::min(bytes, t->max_body - t->resp.body_head.size()));
+  }
+  return bytes;
+}
+
+size_t on_header(char* data, size_t size, size_t n, void* user) {
+  auto* t = static_cast<transfer*>(user);
+  auto bytes = size * n;
+  std::string_view line(data, bytes);
+  if (line.substr(0, 5) == "HTTP/") {
+    t->resp.retry_after.reset();  // a new response head (after 1xx) replaces the last one
+  } else if (starts_with_header(line, "Retry-After")) {
+    auto value = line.substr(std::strlen("Retry-After:"));
+    while (!value.empty() && (value.front() == ' ' || value.front() == '\t'))
+      value.remove_prefix(1);
+    while (!value.empty() && std::isspace(static_cast<unsigned char>(value.back()))) {
+      value.remove_suffix(1);
+    }
+    t->resp.retry_after = std::string(value);
+  }
+  return bytes;
+}
+
+// Runs at connect time for every address libcurl tries, after DNS resolution, so a name that
+// re-resolves to a private address (DNS rebinding) is still caught.
+curl_socket_t on_open_socket(void* user, curlsocktype purpose, curl_sockaddr* addr) {
+  auto* t = static_cast<transfer*>(user);
+  if (purpose == CURLSOCKTYPE_IPCXN && t->guarded) {
+    if (auto refused = t->guard->check(&addr->addr, addr->addrlen)) {
+      t->refusal = std::move(refused);
+      return CURL_SOCKET_BAD;
+    }
+    t->permitted = true;
+  }
+  auto fd = ::socket(addr->family, addr->socktype | SOCK_CLOEXEC, addr->protocol);
+  if (fd >= 0) t->connections->fetch_add(1, std::memory_order_relaxed);
+  return fd;
+}
+
+}  // namespace
+
+const std::error_category& curl_category() {
+  static const curl_error_category category;
+  return category;
+}
+
+class transport::impl {
+ public:
+  impl(transport_options options, completion on_complete, std::shared_ptr<spdlog::logger> logger)
+      : options_(std::move(options)),
+        guard_(options_.allow_private_networks, options_.allowed_cidrs),
+        on_complete_(std::move(on_complete)),
+        logger_(logger ? std::move(logger)
+                       : std::make_shared<spdlog::logger>("hookline.transport")) {
+    if (!on_complete_) throw hookline::error("transport: a completion callback is required");
+    if (!options_.ca_file.empty() && ::access(options_.ca_file.c_str(), R_OK) != 0) {
+      throw hookline::error("ca_file: cannot read \"" + options_.ca_file + "\"");
+    }
+    if (options_.user_agent.empty()) options_.user_agent = "hookline/" HOOKLINE_VERSION;
+    global_init();
+    try {
+      std::size_t count = options_.engine == loop_engine::epoll ? epoll_shards : 1;
+      for (std::size_t i = 0; i < count; ++i) {
+        auto sh = std::make_unique<shard>();
+        sh->index = static_cast<std::uint32_t>(i);
+        sh->multi = curl_multi_init();
+        if (!sh->multi) throw hookline::error("transport: curl_multi_init failed");
+        if (options_.max_connections > 0) {
+          curl_multi_setopt(sh->multi, CURLMOPT_MAXCONNECTS,
+                            static_cast<long>(options_.max_connections));
+        }
+        shards_.push_back(std::move(sh));
+      }
+      if (options_.engine == loop_engine::epoll) setup_epoll();
+      thread_ = std::thread([this] { run(); });
+    } catch (...) {
+      release_resources();
+      throw;
+    }
+  }
+
+  ~impl() {
+    stop();
+    join();
+    release_resources();
+  }
+
+  void submit(http_request req) {
+    {
+      std::lock_guard lock(mutex_);
+      in_flight_.fetch_add(1, std::memory_order_relaxed);
+      if (!stopping_) {
+        queue_.push_back(std::move(req));
+        wake();
+        return;
+      }
+    }
+    http_response resp;
+    resp.token = req.token;
+    resp.kind = error_kind::cancelled;
+    resp.error = "transport stopped";
+    deliver(std::move(resp));
+  }
+
+  std::size_t in_flight() const { return in_flight_.load(std::memory_order_relaxed); }
+  std::uint64_t connections_opened() const { return connections_.load(std::memory_order_relaxed); }
+
+  void stop() {
+    {
+      std::lock_guard lock(mutex_);
+      if (!stopping_) {
+        stopping_ = true;
+        wake();
+      }
+    }
+    join();
+  }
+
+ private:
+  // A no-op on the loop thread itself (stop() from the completion callback).
+  void join() {
+    std::lock_guard lock(join_mutex_);
+    if (thread_.joinable() && thread_.get_id() != std::this_thread::get_id()) thread_.join();
+  }
+
+  void release_resources() {
+    for (auto* h : free_handles_) curl_easy_cleanup(h);
+    free_handles_.clear();
+    for (auto& sh : shards_) {
+      if (sh->multi) curl_multi_cleanup(sh->multi);
+      sh->multi = nullptr;
+    }
+    if (epoll_fd_ >= 0) ::close(epoll_fd_);
+    if (wake_fd_ >= 0) ::close(wake_fd_);
+    epoll_fd_ = wake_fd_ = -1;
+  }
+
+  // Called with mutex_ held, so the loop cannot be tearing down meanwhile.
+  void wake() {
+    if (wake_fd_ >= 0) {
+      std::uint64_t one = 1;
+      [[maybe_unused]] auto n = ::write(wake_fd_, &one, sizeof one);
+    } else {
+      curl_multi_wakeup(shards_.front()->multi);
+    }
+  }
+
+  // Starts what was submitted; false once stop() was called.
+  bool take_submissions() {
+    {
+      std::lock_guard lock(mutex_);
+      if (stopping_) return false;
+      incoming_.swap(queue_);
+    }
+    for (auto& req : incoming_) start(std::move(req));
+    incoming_.clear();
+    return true;
+  }
+
+  void run() {
+    // Named so that operators can tell the network thread apart in top/perf.
+    pthread_setname_np(pthread_self(), "hookline-net");
+    if (options_.engine == loop_engine::epoll) {
+      run_epoll();
+    } else {
+      run_poll();
+    }
+    cancel_all();
+  }
+
+  void run_poll() {
+    while (take_submissions()) {
+      int running = 0;
+      CURLM* multi = shards_.front()->multi;
+      curl_multi_perform(multi, &running);
+      collect(*shards_.front());
+      // The timeout only bounds the wait; libcurl shortens it to its own next timer.
+      curl_multi_poll(multi, nullptr, 0, 1000, nullptr);
+    }
+  }
+
+  // --- epoll engine: libcurl tells us which sockets to watch and when its timer is due ---
+
+  void setup_epoll() {
+    epoll_fd_ = ::epoll_create1(EPOLL_CLOEXEC);
+    wake_fd_ = ::eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+    if (epoll_fd_ < 0 || wake_fd_ < 0) {
+      throw hookline::error(std::string("transport: epoll setup failed: ") + std::strerror(errno));
+    }
+    epoll_event ev{};
+    ev.events = EPOLLIN;
+    ev.data.u64 = wake_key;
+    ::epoll_ctl(epoll_fd_, EPOLL_CTL_ADD, wake_fd_, &ev);
+    for (auto& sh : shards_) {
+      sh->epoll_fd = epoll_fd_;
+      curl_multi_setopt(sh->multi, CURLMOPT_SOCKETFUNCTION, on_socket);
+      curl_multi_setopt(sh->multi, CURLMOPT_SOCKETDATA, sh.get());
+      curl_multi_setopt(sh->multi, CURLMOPT_TIMERFUNCTION, on_timer);
+      curl_multi_setopt(sh->multi, CURLMOPT_TIMERDATA, sh.get());
+    }
+  }
+
+  static int on_socket(CURL*, curl_socket_t s, int what, void* user, void*) {
+    auto* sh = static_cast<shard*>(user);
+    if (what == CURL_POLL_REMOVE) {
+      // The descriptor may already be closed (and then left epoll by itself).
+      ::epoll_ctl(sh->epoll_fd, EPOLL_CTL_DEL, s, nullptr);
+      return 0;
+    }
+    epoll_event ev{};
+    ev.data.u64 = (std::uint64_t{sh->index} << 32) | static_cast<std::uint32_t>(s);
+    if (what == CURL_POLL_IN || what == CURL_POLL_INOUT) ev.events |= EPOLLIN;
+    if (what == CURL_POLL_OUT || what == CURL_POLL_INOUT) ev.events |= EPOLLOUT;
+    // A descriptor number can be reused after libcurl closed a socket without telling us, so
+    // fall back between MOD and ADD rather than tracking registration ourselves.
+    if (::epoll_ctl(sh->epoll_fd, EPOLL_CTL_MOD, s, &ev) != 0 && errno == ENOENT) {
+      ::epoll_ctl(sh->epoll_fd, EPOLL_CTL_ADD, s, &ev);
+    }
+    return 0;
+  }
+
+  static int on_timer(CURLM*, long timeout_ms, void* user) {
+    auto* sh = static_cast<shard*>(user);
+    if (timeout_ms < 0) {
+      sh->timer_due.reset();
+    } else {
+      sh->timer_due = std::chrono::steady_clock::now() + std::chrono::milliseconds(timeout_ms);
+    }
+    return 0;
+  }
+
+  void run_epoll() {
+    std::vector<epoll_event> events(1024);
+    while (take_submissions()) {
+      auto now = std::chrono::steady_clock::now();
+      int timeout = 1000;
+      for (auto& sh : shards_) {
+        if (!sh->timer_due) continue;
+        auto left = std::chrono::ceil<std::chrono::milliseconds>(*sh->timer_due - now);
+        timeout = std::min(timeout, static_cast<int>(std::max<std::int64_t>(left.count(), 0)));
+      }
+      int n = ::epoll_wait(epoll_fd_, events.data(), static_cast<int>(events.size()), timeout);
+      int running = 0;
+      for (int i = 0; i < n; ++i) {
+        auto key = events[i].data.u64;
+        if (key == wake_key) {
+          std::uint64_t count = 0;
+          [[maybe_unused]] auto r = ::read(wake_fd_, &count, sizeof count);
+          continue;
+        }
+        auto& sh = *shards_[key >> 32];
+        int flags = 0;
+        if (events[i].events & EPOLLIN) flags |= CURL_CSELECT_IN;
+        if (events[i].events & EPOLLOUT) flags |= CURL_CSELECT_OUT;
+        if (events[i].events & (EPOLLERR | EPOLLHUP)) flags |= CURL_CSELECT_ERR;
+        curl_multi_socket_action(sh.multi, static_cast<curl_socket_t>(key & 0xffffffffu), flags,
+                                 &running);
+      }
+      now = std::chrono::steady_clock::now();
+      for (auto& sh : shards_) {
+        if (sh->timer_due && *sh->timer_due <= now) {
+          sh->timer_due.reset();
+          curl_multi_socket_action(sh->multi, CURL_SOCKET_TIMEOUT, 0, &running);
+        }
+      }
+      for (auto& sh : shards_) collect(*sh);
+    }
+  }
+
+  void start(http_request req) {
+    auto t = std::make_unique<transfer>();
+    t->resp.token = req.token;
+    t->resp.started_at = std::chrono::system_clock::now();
+    t->started = std::chrono::steady_clock::now();
+    t->req = std::move(req);
+    t->max_body = options_.max_response_bytes;
+    t->connections = &connections_;
+    t->guard = &guard_;
+    t->guarded = options_.proxy.empty() && !guard_.allows_everything();
+
+    std::string endpoint;
+    if (auto problem = precheck(*t, endpoint)) {
+      finish_early(std::move(t), problem->first, std::move(problem->second));
+      return;
+    }
+    CURL* h = acquire();
+    if (!h) {
+      finish_early(std::move(t), error_kind::network, "transport: curl_easy_init failed");
+      return;
+    }
+    t->easy = h;
+    if (!configure(*t)) {
+      release(*t);
+      finish_early(std::move(t), error_kind::invalid, "transport: unusable request options");
+      return;
+    }
+    t->home = shards_[std::hash<std::string>{}(endpoint) % shards_.size()].get();
+    if (curl_multi_add_handle(t->home->multi, h) != CURLM_OK) {
+      release(*t);
+      finish_early(std::move(t), error_kind::network, "transport: curl_multi_add_handle failed");
+      return;
+    }
+    t->index = active_.size();
+    active_.push_back(t.release());
+  }
+
+  // Problems found before any connection: malformed URL, a scheme other than http(s), header
+  // injection, and (when a proxy hides the real peer from the connect-time guard) IP literals
+  // that the guard refuses.
+  // `endpoint` receives scheme://host:port, which picks the shard.
+  std::optional<std::pair<error_kind, std::string>> precheck(const transfer& t,
+                                                             std::string& endpoint) const {
+    const auto& req = t.req;
+    if (!is_token(req.method)) {
+      return std::pair{error_kind::invalid, "invalid HTTP method \"" + req.method + "\""};
+    }
+    for (const auto& hdr : req.headers) {
+      if (hdr.find_first_of(std::string_view("\r\n\0", 3)) != std::string::npos ||
+          hdr.find(':') == std::string::npos || hdr.front() == ':') {
+        return std::pair{error_kind::invalid, std::string("invalid header line (needs \"Name: "
+                                                          "value\" without CR, LF or NUL)")};
+      }
+    }
+    CURLU* u = curl_url();
+    if (!u) return std::pair{error_kind::network, std::string("transport: out of memory")};
+    std::optional<std::pair<error_kind, std::string>> problem;
+    char* scheme = nullptr;
+    char* host = nullptr;
+    auto rc = curl_url_set(u, CURLUPART_URL, req.url.c_str(), 0);
+    if (rc != CURLUE_OK) {
+      problem = {error_kind::invalid, "invalid URL \"" + req.url + "\": " + curl_url_strerror(rc)};
+    } else if (curl_url_get(u, CURLUPART_SCHEME, &scheme, 0) != CURLUE_OK ||
+               (std::strcmp(scheme, "http") != 0 && std::strcmp(scheme, "https") != 0)) {
+      problem = {error_kind::invalid, "invalid URL \"" + req.url + "\": only http and https"};
+    } else if (curl_url_get(u, CURLUPART_HOST, &host, 0) != CURLUE_OK) {
+      problem = {error_kind::invalid, "invalid URL \"" + req.url + "\": no host"};
+    } else {
+      char* port = nullptr;
+      curl_url_get(u, CURLUPART_PORT, &port, CURLU_DEFAULT_PORT);
+      endpoint = std::string(scheme) + "://" + host + ":" + (port ? port : "");
+      curl_free(port);
+      if (!t.guarded && !options_.proxy.empty() && !guard_.allows_everything()) {
+        problem = check_literal(host);
+      }
+    }
+    curl_free(scheme);
+    curl_free(host);
+    curl_url_cleanup(u);
+    return problem;
+  }
+
+  std::optional<std::pair<error_kind, std::string>> check_literal(std::string literal) const {
+    if (literal.size() > 2 && literal.front() == '[')
+      literal = literal.substr(1, literal.size() - 2);
+    if (auto pct = literal.find('%'); pct != std::string::npos) literal.resize(pct);
+    unsigned char buf[16];
+    if (inet_pton(AF_INET, literal.c_str(), buf) == 1 ||
+        inet_pton(AF_INET6, literal.c_str(), buf) == 1) {
+      if (auto refused = guard_.check(literal)) return std::pair{error_kind::refused, *refused};
+    }
+    return std::nullopt;
+  }
+
+  // False when libcurl rejected an option (e.g. a feature missing from this build).
+  bool configure(transfer& t) {
+    CURL* h = t.easy;
+    const auto& req = t.req;
+    bool ok = true;
+    auto set = [&](CURLoption opt, auto value) {
+      if (curl_easy_setopt(h, opt, value) != CURLE_OK) ok = false;
+    };
+    set(CURLOPT_URL, req.url.c_str());
+    set(CURLOPT_PRIVATE, static_cast<void*>(&t));
+    set(CURLOPT_NOSIGNAL, 1L);
+    set(CURLOPT_PROTOCOLS_STR, "http,https");
+    set(CURLOPT_REDIR_PROTOCOLS_STR, "http,https");
+    set(CURLOPT_FOLLOWLOCATION, 0L);
+    set(CURLOPT_CONNECTTIMEOUT_MS,
+        static_cast<long>(std::max<std::int64_t>(1, req.connect_timeout.count())));
+    set(CURLOPT_TIMEOUT_MS, static_cast<long>(std::max<std::int64_t>(1, req.timeout.count())));
+    set(CURLOPT_SSL_VERIFYPEER, options_.verify_tls ? 1L : 0L);
+    set(CURLOPT_SSL_VERIFYHOST, options_.verify_tls ? 2L : 0L);
+    if (!options_.ca_file.empty()) set(CURLOPT_CAINFO, options_.ca_file.c_str());
+    // An explicit empty proxy also stops libcurl from picking one up from the environment.
+    set(CURLOPT_PROXY, options_.proxy.c_str());
+    if (!req.client_cert.empty()) {
+      set(CURLOPT_SSLCERT, req.client_cert.c_str());
+      set(CURLOPT_SSLCERTTYPE, "PEM");
+    }
+    if (!req.client_key.empty()) {
+      set(CURLOPT_SSLKEY, req.client_key.c_str());
+      set(CURLOPT_SSLKEYTYPE, "PEM");
+    }
+    set(CURLOPT_USERAGENT, options_.user_agent.c_str());
+    set(CURLOPT_ERRORBUFFER, t.error);
+    set(CURLOPT_WRITEFUNCTION, on_body);
+    set(CURLOPT_WRITEDATA, static_cast<void*>(&t));
+    set(CURLOPT_HEADERFUNCTION, on_header);
+    set(CURLOPT_HEADERDATA, static_cast<void*>(&t));
+    set(CURLOPT_OPENSOCKETFUNCTION, on_open_socket);
+    set(CURLOPT_OPENSOCKETDATA, static_cast<void*>(&t));
+
+    bool has_content_type = false;
+    for (const auto& hdr : req.headers) {
+      if (starts_with_header(hdr, "Content-Type")) has_content_type = true;
+      t.headers = curl_slist_append(t.headers, hdr.c_str());
+    }
+    // No 100-continue round trip: receivers answer the body anyway and it costs a wait.
+    t.headers = curl_slist_append(t.headers, "Expect:");
+
+    if (iequals(req.method, "GET")) {
+      set(CURLOPT_HTTPGET, 1L);
+    } else if (iequals(req.method, "HEAD")) {
+      set(CURLOPT_NOBODY, 1L);
+    } else {
+      // libcurl would otherwise label the body as a form.
+      if (!has_content_type) t.headers = curl_slist_append(t.headers, "Content-Type:");
+      set(CURLOPT_POSTFIELDS, req.body.data());
+      set(CURLOPT_POSTFIELDSIZE_LARGE, static_cast<curl_off_t>(req.body.size()));
+      if (req.method != "POST") set(CURLOPT_CUSTOMREQUEST, req.method.c_str());
+    }
+    if (!t.headers) return false;
+    set(CURLOPT_HTTPHEADER, t.headers);
+    return ok;
+  }
+
+  CURL* acquire() {
+    if (!free_handles_.empty()) {
+      CURL* h = free_handles_.back();
+      free_handles_.pop_back();
+      return h;
+    }
+    return curl_easy_init();
+  }
+
+  void release(transfer& t) {
+    if (t.easy) {
+      curl_easy_reset(t.easy);
+      if (free_handles_.size() < max_free_handles) {
+        free_handles_.push_back(t.easy);
+      } else {
+        curl_easy_cleanup(t.easy);
+      }
+      t.easy = nullptr;
+    }
+    curl_slist_free_all(t.headers);
+    t.headers = nullptr;
+  }
+
+  void collect(shard& sh) {
+    int left = 0;
+    while (CURLMsg* msg = curl_multi_info_read(sh.multi, &left)) {
+      if (msg->msg != CURLMSG_DONE) continue;
+      CURL* h = msg->easy_handle;
+      CURLcode code = msg->data.result;
+      char* priv = nullptr;
+      curl_easy_getinfo(h, CURLINFO_PRIVATE, &priv);
+      auto* t = reinterpret_cast<transfer*>(priv);
+      complete(*t, code);
+      curl_multi_remove_handle(sh.multi, h);
+      active_[t->index] = active_.back();
+      active_[t->index]->index = t->index;
+      active_.pop_back();
+      std::unique_ptr<transfer> owned(t);
+      release(*owned);
+      deliver(std::move(owned->resp));
+    }
+  }
+
+  // Fills the response from the finished handle; must run before the handle is removed.
+  void complete(transfer& t, CURLcode code) {
+    auto& r = t.resp;
+    long status = 0;
+    curl_easy_getinfo(t.easy, CURLINFO_RESPONSE_CODE, &status);
+    long request_size = 0;
+    curl_easy_getinfo(t.easy, CURLINFO_REQUEST_SIZE, &request_size);
+    r.request_length = request_length(t, static_cast<std::size_t>(request_size));
+    r.duration = std::chrono::duration_cast<std::chrono::microseconds>(
+        std::chrono::steady_clock::now() - t.started);
+    if (code == CURLE_OK) {
+      r.status = static_cast<int>(status);
+      return;
+    }
+    r.status = 0;
+    r.code = std::error_code(static_cast<int>(code), curl_category());
+    if (t.refusal && !t.permitted) {
+      r.kind = error_kind::refused;
+      r.error = *t.refusal;
+      logger_->warn("transport: request {} not sent: {}", r.token, r.error);
+      return;
+    }
+    r.kind = classify(code);
+    r.error = t.error[0] ? std::string(t.error) : std::string(curl_easy_strerror(code));
+    // Another address of the same name was allowed and failed on its own: that failure is
+    // what counts (retryable), the refusal is context.
+    if (t.refusal) r.error += "; also " + *t.refusal;
+    logger_->debug("transport: request {} failed: {}", r.token, r.error);
+  }
+
+  // CURLINFO_REQUEST_SIZE counts the body only when libcurl sent it together with the head
+  // (small bodies). The head is at least the request line plus the caller's headers, so a size
+  // below that plus the body means the body was not counted.
+  static std::size_t request_length(const transfer& t, std::size_t reported) {
+    bool sends_body = !iequals(t.req.method, "GET") && !iequals(t.req.method, "HEAD");
+    if (!sends_body || t.req.body.empty()) return reported;
+    std::size_t head_floor = t.req.method.size() + std::strlen(" / HTTP/1.1\r\n\r\n");
+    for (const auto& hdr : t.req.headers) head_floor += hdr.size() + 2;
+    if (reported >= head_floor + t.req.body.size()) return reported;
+    return reported + t.req.body.size();
+  }
+
+  void finish_early(std::unique_ptr<transfer> t, error_kind kind, std::string message) {
+    t->resp.kind = kind;
+    t->resp.error = std::move(message);
+    if (kind == error_kind::refused) {
+      logger_->warn("transport: request {} not sent: {}", t->resp.token, t->resp.error);
+    }
+    deliver(std::move(t->resp));
+  }
+
+  void cancel_all() {
+    for (auto* raw : active_) {
+      std::unique_ptr<transfer> t(raw);
+      curl_multi_remove_handle(t->home->multi, t->easy);
+      release(*t);
+      t->resp.kind = error_kind::cancelled;
+      t->resp.error = "transport stopped";
+      t->resp.duration = std::chrono::duration_cast<std::chrono::microseconds>(
+          std::chrono::steady_clock::now() - t->started);
+      deliver(std::move(t->resp));
+    }
+    active_.clear();
+    std::deque<http_request> left;
+    {
+      std::lock_guard lock(mutex_);
+      left.swap(queue_);
+    }
+    for (auto& req : left) {
+      http_response resp;
+      resp.token = req.token;
+      resp.kind = error_kind::cancelled;
+      resp.error = "transport stopped";
+      deliver(std::move(resp));
+    }
+  }
+
+  void deliver(http_response&& resp) {
+    in_flight_.fetch_sub(1, std::memory_order_relaxed);
+    try {
+      on_complete_(std::move(resp));
+    } catch (const std::exception& e) {
+      logger_->error("transport: completion callback threw: {}", e.what());
+    } catch (...) {
+      logger_->error("transport: completion callback threw");
+    }
+  }
+
+  // Idle handles beyond this are freed: connections and DNS cache live in the multi handle, so
+  // only the per-handle buffers would be kept.
+  static constexpr std::size_t max_free_handles = 256;
+
+  transport_options options_;
+  address_guard guard_;
+  completion on_complete_;
+  std::shared_ptr<spdlog::logger> logger_;
+  // Endpoints are spread over this many multi handles by the epoll engine.
+  static constexpr std::size_t epoll_shards = 64;
+  static constexpr std::uint64_t wake_key = ~std::uint64_t{0};
+  std::vector<std::unique_ptr<shard>> shards_;
+  std::thread thread_;
+
+  std::mutex join_mutex_;
+  std::mutex mutex_;
+  std::deque<http_request> queue_;
+  bool stopping_ = false;
+
+  std::atomic<std::size_t> in_flight_{0};
+  std::atomic<std::uint64_t> connections_{0};
+
+  // Loop thread only.
+  std::vector<transfer*> active_;
+  std::vector<CURL*> free_handles_;
+  std::deque<http_request> incoming_;
+  int epoll_fd_ = -1;
+  int wake_fd_ = -1;
+};
+
+transport::transport(transport_options options, completion on_complete,
+                     std::shared_ptr<spdlog::logger> logger)
+    : impl_(std::make_unique<impl>(std::move(options), std::move(on_complete), std::move(logger))) {
+}
+
+transport::~transport() = default;
+
+void transport::submit(http_request req) {
+  impl_->submit(std::move(req));
+}
+std::size_t transport::in_flight() const {
+  return impl_->in_flight();
+}
+std::uint64_t transport::connections_opened() const {
+  return impl_->connections_opened();
+}
+void transport::stop() {
+  impl_->stop();
+}
+
+}  // namespace hookline::detail

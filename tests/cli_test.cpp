@@ -1,0 +1,592 @@
+// Runs the real `hookline` binary against the loopback test server and checks its output and
+// exit codes (docs/cli.md).
+#include <fcntl.h>
+#include <poll.h>
+#include <signal.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <chrono>
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <functional>
+#include <set>
+#include <sstream>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include <gtest/gtest.h>
+#include <nlohmann/json.hpp>
+
+#include "support/test_server.hpp"
+
+namespace {
+
+namespace fs = std::filesystem;
+using json = nlohmann::json;
+using hookline::test::response;
+using hookline::test::test_server;
+using namespace std::chrono_literals;
+
+const char* const reference_secret = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+
+std::string bin_dir() {
+  if (const char* d = std::getenv("HOOKLINE_BIN_DIR"); d && *d) return d;
+  return HOOKLINE_BINARY_DIR "/bin";
+}
+
+std::string hookline_bin() {
+  return bin_dir() + "/hookline";
+}
+
+struct run_result {
+  int code = -1;
+  std::string out;
+  std::string err;
+
+  // The last non-empty stdout line as JSON (the summary line).
+  json summary() const {
+    std::istringstream in(out);
+    std::string line, last;
+    while (std::getline(in, line)) {
+      if (!line.empty()) last = line;
+    }
+    return json::parse(last);
+  }
+};
+
+// Runs the program with `input` on stdin; kills it after `timeout`.
+run_result run(std::vector<std::string> args, const std::string& input = "",
+               std::chrono::seconds timeout = 60s, const std::function<void(pid_t)>& started = {}) {
+  int in[2], out[2], err[2];
+  if (pipe(in) != 0 || pipe(out) != 0 || pipe(err) != 0) throw std::runtime_error("pipe");
+  const pid_t pid = fork();
+  if (pid == 0) {
+    dup2(in[0], 0);
+    dup2(out[1], 1);
+    dup2(err[1], 2);
+    for (int fd : {in[0], in[1], out[0], out[1], err[0], err[1]}) close(fd);
+    std::vector<char*> argv;
+    for (auto& a : args) argv.push_back(a.data());
+    argv.push_back(nullptr);
+    execv(argv[0], argv.data());
+    _exit(127);
+  }
+  if (started) started(pid);
+  close(in[0]);
+  close(out[1]);
+  close(err[1]);
+  fcntl(in[1], F_SETFL, O_NONBLOCK);
+  run_result r;
+  std::size_t written = 0;
+  int stdin_fd = in[1];
+  if (input.empty()) {
+    close(stdin_fd);
+    stdin_fd = -1;
+  }
+  bool out_open = true, err_open = true;
+  const auto deadline = std::chrono::steady_clock::now() + timeout;
+  while (out_open || err_open) {
+    std::vector<pollfd> fds;
+    if (out_open) fds.push_back({out[0], POLLIN, 0});
+    if (err_open) fds.push_back({err[0], POLLIN, 0});
+    if (stdin_fd >= 0) fds.push_back({stdin_fd, POLLOUT, 0});
+    if (std::chrono::steady_clock::now() > deadline) {
+      kill(pid, SIGKILL);
+      break;
+    }
+    if (poll(fds.data(), fds.size(), 200) <= 0) continue;
+    for (const auto& p : fds) {
+      if (!p.revents) continue;
+      if (p.fd == stdin_fd) {
+        const auto n = write(stdin_fd, input.data() + written, input.size() - written);
+        if (n > 0) written += static_cast<std::size_t>(n);
+        if (n < 0 || written == input.size()) {
+          close(stdin_fd);
+          stdin_fd = -1;
+        }
+        continue;
+      }
+      char buf[65536];
+      const auto n = read(p.fd, buf, sizeof buf);
+      auto& target = p.fd == out[0] ? r.out : r.err;
+      if (n > 0) {
+        target.append(buf, static_cast<std::size_t>(n));
+      } else {
+        (p.fd == out[0] ? out_open : err_open) = false;
+      }
+    }
+  }
+  if (stdin_fd >= 0) close(stdin_fd);
+  close(out[0]);
+  close(err[0]);
+  int status = 0;
+  waitpid(pid, &status, 0);
+  r.code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+  return r;
+}
+
+run_result hookline(std::vector<std::string> args, const std::string& input = "") {
+  args.insert(args.begin(), hookline_bin());
+  return run(std::move(args), input);
+}
+
+class cli : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    char tmpl[] = "/tmp/hookline-cli-XXXXXX";
+    ASSERT_NE(mkdtemp(tmpl), nullptr);
+    dir_ = tmpl;
+  }
+  void TearDown() override { fs::remove_all(dir_); }
+
+  std::string file(const std::string& name, const std::string& content) {
+    const auto p = (fs::path(dir_) / name).string();
+    std::ofstream(p, std::ios::binary) << content;
+    return p;
+  }
+  std::string path(const std::string& name) const { return (fs::path(dir_) / name).string(); }
+
+  // One subscription to `path` on the test server for File events under /Root/Content.
+  json sub(const std::string& id, const std::string& url_path) {
+    return {
+        {"id", id},
+        {"url", server_.url(url_path)},
+        {"secret", reference_secret},
+        {"filter",
+         {{"path", "/Root/Content"}, {"contentTypes", {{{"name", "File"}, {"events", {"All"}}}}}}}};
+  }
+  static std::string event_line(const std::string& name, const std::string& p) {
+    return json({{"eventName", name}, {"path", p}, {"contentType", "File"}, {"nodeId", 7}}).dump() +
+           "\n";
+  }
+
+  std::string dir_;
+  test_server server_;
+};
+
+TEST(cli_help, every_subcommand_has_help_with_examples) {
+  for (std::vector<std::string> sub : {std::vector<std::string>{"dispatch"},
+                                       {"publish"},
+                                       {"worker"},
+                                       {"deliveries"},
+                                       {"redeliver"},
+                                       {"recover"},
+                                       {"subscriptions", "validate"},
+                                       {"sign"},
+                                       {"verify"},
+                                       {"fire"}}) {
+    sub.push_back("--help");
+    auto r = hookline(sub);
+    EXPECT_EQ(r.code, 0) << sub[0];
+    EXPECT_NE(r.out.find("Examples:"), std::string::npos) << sub[0] << r.out;
+  }
+}
+
+TEST_F(cli, dispatch_delivers_every_event_and_ends_with_the_summary_line) {
+  const auto subs = file("subs.json", json::array({sub("a", "/a"), sub("b", "/b")}).dump());
+  const auto events = file("events.jsonl", event_line("Create", "/Root/Content/x.txt") +
+                                               event_line("Modify", "/Root/Content/x.txt") +
+                                               event_line("Create", "/Root/Other/y.txt"));
+  auto r = hookline({"dispatch", "--subscriptions", subs, "--allow-private", events});
+  ASSERT_EQ(r.code, 0) << r.err;
+  const auto s = r.summary();
+  EXPECT_EQ(s, json::parse(R"({"published":3,"messages":4,"delivered":4,"dead":0,"pending":0,
+                               "errors":0})"));
+  EXPECT_EQ(server_.request_count("/a"), 2u);
+  EXPECT_EQ(server_.request_count("/b"), 2u);
+  for (const auto& req : server_.requests()) {
+    EXPECT_TRUE(req.has_header("webhook-id"));
+    EXPECT_EQ(req.header("webhook-signature").value_or("").rfind("v1,", 0), 0u);
+  }
+}
+
+TEST_F(cli, dispatch_reads_stdin_and_reports_bad_lines_by_number_but_sends_the_rest) {
+  const auto subs = file("subs.json", json::array({sub("a", "/a")}).dump());
+  const std::string input = event_line("Create", "/Root/Content/1.txt") + "this is not json\n" +
+                            event_line("Create", "/Root/Content/3.txt") +
+                            R"({"eventName":"Explode","path":"/Root/Content/4.txt"})" + "\n" +
+                            "\n" + event_line("Modify", "/Root/Content/6.txt");
+  auto r = hookline({"dispatch", "--subscriptions", subs, "--allow-private", "-"}, input);
+  EXPECT_EQ(r.code, 1) << r.err;
+  EXPECT_NE(r.err.find("<stdin>:2: not valid JSON"), std::string::npos) << r.err;
+  EXPECT_NE(r.err.find("<stdin>:4: invalid event: eventName"), std::string::npos) << r.err;
+  const auto s = r.summary();
+  EXPECT_EQ(s["published"], 3);
+  EXPECT_EQ(s["delivered"], 3);
+  EXPECT_EQ(s["errors"], 2);
+  EXPECT_EQ(server_.request_count("/a"), 3u);
+}
+
+TEST_F(cli, dispatch_skips_an_invalid_subscription_naming_its_fields) {
+  json bad = {{"id", "broken"},
+              {"url", "ftp://example.com/in"},
+              {"filter",
+               {{"path", "/Root"}, {"contentTypes", {{{"name", "File"}, {"events", {"Crate"}}}}}}}};
+  const auto subs =
+      file("subs.json", "[\n" + sub("good", "/good").dump() + ",\n" + bad.dump() + "\n]");
+  const auto events = file("e.jsonl", event_line("Create", "/Root/Content/x.txt"));
+  auto r = hookline({"dispatch", "--subscriptions", subs, "--allow-private", events});
+  EXPECT_EQ(r.code, 0) << r.err;
+  EXPECT_NE(r.err.find("subs.json:3: subscription \"broken\""), std::string::npos) << r.err;
+  EXPECT_NE(r.err.find("url:"), std::string::npos) << r.err;
+  EXPECT_NE(r.err.find("filter.contentTypes[0].events[0]:"), std::string::npos) << r.err;
+  EXPECT_EQ(r.summary()["delivered"], 1);
+  EXPECT_EQ(server_.request_count("/good"), 1u);
+}
+
+TEST_F(cli, dispatch_retries_500_then_succeeds_with_the_same_webhook_id) {
+  server_.script("/flaky", {response::of(500), response::of(500)});
+  const auto subs = file("subs.json", json::array({sub("f", "/flaky")}).dump());
+  const auto events = file("e.jsonl", event_line("Create", "/Root/Content/x.txt"));
+  auto r = hookline({"dispatch", "--subscriptions", subs, "--allow-private", "--retry-schedule",
+                     "0.2,0.2,0.2", events});
+  ASSERT_EQ(r.code, 0) << r.err;
+  EXPECT_EQ(r.summary()["delivered"], 1);
+  const auto reqs = server_.requests("/flaky");
+  ASSERT_EQ(reqs.size(), 3u);
+  EXPECT_EQ(reqs[0].header("webhook-id"), reqs[2].header("webhook-id"));
+  EXPECT_GE(reqs[1].arrived - reqs[0].arrived, 150ms);
+}
+
+TEST_F(cli, dispatch_gives_up_at_once_on_410_and_400_and_logs_each_dead_message) {
+  server_.respond_always("/gone", response::of(410));
+  server_.respond_always("/bad", response::of(400, "no thanks"));
+  const auto subs =
+      file("subs.json", json::array({sub("gone", "/gone"), sub("bad", "/bad")}).dump());
+  const auto events = file("e.jsonl", event_line("Create", "/Root/Content/x.txt"));
+  auto r = hookline({"dispatch", "--subscriptions", subs, "--allow-private", "--retry-schedule",
+                     "0.1,0.1", events});
+  EXPECT_EQ(r.code, 0) << r.err;
+  const auto s = r.summary();
+  EXPECT_EQ(s["dead"], 2);
+  EXPECT_EQ(s["delivered"], 0);
+  EXPECT_EQ(server_.request_count("/gone"), 1u);
+  EXPECT_EQ(server_.request_count("/bad"), 1u);
+  EXPECT_NE(r.err.find("dead: message"), std::string::npos);
+  EXPECT_NE(r.err.find("subscription \"gone\""), std::string::npos) << r.err;
+  EXPECT_NE(r.err.find("410"), std::string::npos) << r.err;
+  EXPECT_NE(r.err.find("subscription \"bad\""), std::string::npos) << r.err;
+  EXPECT_NE(r.err.find("400"), std::string::npos) << r.err;
+}
+
+TEST_F(cli, dispatch_exits_3_when_the_drain_timeout_leaves_messages_pending) {
+  server_.respond_always("/down", response::of(503));
+  const auto subs = file("subs.json", json::array({sub("down", "/down")}).dump());
+  const auto events = file("e.jsonl", event_line("Create", "/Root/Content/x.txt"));
+  const auto started = std::chrono::steady_clock::now();
+  auto r = hookline({"dispatch", "--subscriptions", subs, "--allow-private", "--retry-schedule",
+                     "30", "--drain-timeout", "0.5", events});
+  EXPECT_EQ(r.code, 3) << r.err;
+  EXPECT_EQ(r.summary()["pending"], 1);
+  EXPECT_LT(std::chrono::steady_clock::now() - started, 20s);
+}
+
+TEST_F(cli, bad_arguments_exit_2_and_name_the_problem) {
+  const auto subs = file("subs.json", json::array({sub("a", "/a")}).dump());
+  const auto events = file("e.jsonl", event_line("Create", "/Root/Content/x.txt"));
+
+  auto r = hookline({"dispatch", events});
+  EXPECT_EQ(r.code, 2);
+  EXPECT_NE(r.err.find("--subscriptions"), std::string::npos) << r.err;
+
+  r = hookline({"dispatch", "--subscriptions", path("missing.json"), events});
+  EXPECT_EQ(r.code, 2);
+  EXPECT_NE(r.err.find("missing.json"), std::string::npos) << r.err;
+
+  const auto broken = file("broken.json", "[\n  {\"id\": \"a\",\n   \"url\": nope}\n]");
+  r = hookline({"dispatch", "--subscriptions", broken, events});
+  EXPECT_EQ(r.code, 2);
+  EXPECT_NE(r.err.find("broken.json:3:"), std::string::npos) << r.err;
+
+  r = hookline({"dispatch", "--subscriptions", subs, "--retry-schedule", "1,soon", events});
+  EXPECT_EQ(r.code, 2);
+  EXPECT_NE(r.err.find("soon"), std::string::npos) << r.err;
+
+  r = hookline({"dispatch", "--subscriptions", subs, "--store", "nosuch:thing", events});
+  EXPECT_EQ(r.code, 2);
+  EXPECT_NE(r.err.find("nosuch:thing"), std::string::npos) << r.err;
+
+  r = hookline({"dispatch", "--subscriptions", subs, path("no-events.jsonl")});
+  EXPECT_EQ(r.code, 2);
+  EXPECT_NE(r.err.find("no-events.jsonl"), std::string::npos) << r.err;
+
+  r = hookline({"frobnicate"});
+  EXPECT_EQ(r.code, 2);
+}
+
+TEST_F(cli, publish_then_worker_on_sqlite_and_a_rerun_resumes) {
+  const auto subs = file("subs.json", json::array({sub("a", "/a")}).dump());
+  std::string lines;
+  for (int i = 0; i < 5; ++i) lines += event_line("Create", "/Root/Content/f" + std::to_string(i));
+  const auto events = file("e.jsonl", lines);
+  const std::string store = "sqlite:" + path("outbox.db");
+
+  auto r = hookline({"publish", "--subscriptions", subs, "--store", store, events});
+  ASSERT_EQ(r.code, 0) << r.err;
+  EXPECT_EQ(r.summary(), json::parse(R"({"published":5,"messages":5,"delivered":0,"dead":0,
+                                         "pending":5,"errors":0})"));
+  EXPECT_EQ(server_.request_count(), 0u);
+
+  // First worker: the endpoint fails, the retry is a second away, the drain timeout is shorter.
+  server_.respond_always("/a", response::of(503));
+  r = hookline({"worker", "--subscriptions", subs, "--store", store, "--allow-private",
+                "--retry-schedule", "1,1,1", "--drain", "--drain-timeout", "0.5"});
+  EXPECT_EQ(r.code, 3) << r.err;
+  EXPECT_EQ(r.summary()["pending"], 5);
+  EXPECT_EQ(r.summary()["published"], 0);
+  EXPECT_GE(server_.request_count("/a"), 1u);
+
+  // The endpoint recovers; a new worker on the same file finishes the job.
+  server_.reset();
+  r = hookline({"worker", "--subscriptions", subs, "--store", store, "--allow-private",
+                "--retry-schedule", "1,1,1", "--drain", "--drain-timeout", "30"});
+  ASSERT_EQ(r.code, 0) << r.err;
+  EXPECT_EQ(r.summary()["delivered"], 5);
+  EXPECT_EQ(r.summary()["pending"], 0);
+  std::set<std::string> ids;
+  for (const auto& req : server_.requests("/a")) {
+    ids.insert(req.header("webhook-id").value_or(""));
+  }
+  EXPECT_EQ(ids.size(), 5u);
+}
+
+TEST_F(cli, worker_without_drain_stops_cleanly_on_sigterm) {
+  const auto subs = file("subs.json", json::array({sub("a", "/a")}).dump());
+  const std::string store = "sqlite:" + path("outbox.db");
+  ASSERT_EQ(hookline({"publish", "--subscriptions", subs, "--store", store, "-"},
+                     event_line("Create", "/Root/Content/x"))
+                .code,
+            0);
+  run_result r;
+  std::atomic<pid_t> pid{0};
+  std::thread t([&] {
+    r = run(
+        {hookline_bin(), "worker", "--subscriptions", subs, "--store", store, "--allow-private"},
+        "", 60s, [&](pid_t p) { pid = p; });
+  });
+  const bool delivered = server_.wait_for_requests("/a", 1, 20s);
+  // The worker keeps running after the queue is empty; SIGTERM ends it.
+  std::this_thread::sleep_for(300ms);
+  kill(pid.load(), SIGTERM);
+  t.join();
+  ASSERT_TRUE(delivered);
+  EXPECT_EQ(r.code, 0) << r.err;
+  EXPECT_EQ(r.summary()["delivered"], 1);
+  EXPECT_NE(r.err.find("SIGTERM"), std::string::npos) << r.err;
+}
+
+TEST_F(cli, deliveries_redeliver_and_recover_work_on_a_store) {
+  server_.respond_always("/bad", response::of(400));
+  const auto subs = file("subs.json", json::array({sub("s", "/bad")}).dump());
+  const std::string store = "sqlite:" + path("outbox.db");
+  const auto events = file(
+      "e.jsonl", event_line("Create", "/Root/Content/1") + event_line("Create", "/Root/Content/2"));
+  auto r =
+      hookline({"dispatch", "--subscriptions", subs, "--store", store, "--allow-private", events});
+  ASSERT_EQ(r.code, 0) << r.err;
+  ASSERT_EQ(r.summary()["dead"], 2);
+
+  r = hookline({"deliveries", "--store", store, "--status", "dead", "--json"});
+  ASSERT_EQ(r.code, 0) << r.err;
+  std::vector<json> dead;
+  std::istringstream lines(r.out);
+  for (std::string l; std::getline(lines, l);) dead.push_back(json::parse(l));
+  ASSERT_EQ(dead.size(), 2u);
+  EXPECT_EQ(dead[0]["status"], "dead");
+  EXPECT_EQ(dead[0]["subscriptionId"], "s");
+  EXPECT_EQ(dead[0]["lastStatus"], 400);
+
+  r = hookline({"deliveries", "--store", store});
+  EXPECT_EQ(r.code, 0);
+  EXPECT_NE(r.out.find("MESSAGE"), std::string::npos);
+  EXPECT_NE(r.out.find(dead[0]["id"].get<std::string>()), std::string::npos);
+
+  EXPECT_EQ(hookline({"deliveries", "--store", store, "--status", "lost"}).code, 2);
+  EXPECT_EQ(hookline({"deliveries", "--store", "sqlite:" + path("nothing.db")}).code, 2);
+  EXPECT_FALSE(fs::exists(path("nothing.db")));
+
+  r = hookline({"redeliver", "--store", store, dead[0]["id"]});
+  EXPECT_EQ(r.code, 0) << r.err;
+  r = hookline({"deliveries", "--store", store, "--status", "pending", "--json"});
+  EXPECT_NE(r.out.find(dead[0]["id"].get<std::string>()), std::string::npos) << r.out;
+
+  r = hookline({"redeliver", "--store", store, "msg_unknown"});
+  EXPECT_EQ(r.code, 1);
+  EXPECT_NE(r.err.find("msg_unknown"), std::string::npos);
+
+  EXPECT_EQ(
+      hookline({"recover", "--store", store, "--subscription", "s", "--since", "yesterday"}).code,
+      2);
+  r = hookline(
+      {"recover", "--store", store, "--subscription", "s", "--since", "2000-01-01T00:00:00Z"});
+  EXPECT_EQ(r.code, 0) << r.err;
+  EXPECT_NE(r.out.find("recovered 1 dead message"), std::string::npos) << r.out;
+
+  // A worker now delivers both again, with their original webhook-ids.
+  server_.reset();
+  r = hookline({"worker", "--subscriptions", subs, "--store", store, "--allow-private", "--drain"});
+  EXPECT_EQ(r.code, 0) << r.err;
+  EXPECT_EQ(r.summary()["delivered"], 2);
+  std::set<std::string> ids;
+  for (const auto& req : server_.requests("/bad"))
+    ids.insert(req.header("webhook-id").value_or(""));
+  EXPECT_TRUE(ids.count(dead[0]["id"].get<std::string>()));
+  EXPECT_TRUE(ids.count(dead[1]["id"].get<std::string>()));
+}
+
+TEST_F(cli, subscriptions_validate_names_every_broken_field) {
+  const auto f = file("subs.json", R"([
+  {"id": "ok", "url": "https://hooks.example.com/a"},
+  {"id": "two-problems", "url": "gopher://x",
+   "filter": {"path": "/Root", "contentTypes": [{"name": "File", "events": ["Crate"]}]}},
+  {"id": "hdr", "url": "https://hooks.example.com/b", "headers": {"X-A": "a\nb"},
+   "secret": "whsec_short"}
+])");
+  auto r = hookline({"subscriptions", "validate", f});
+  EXPECT_EQ(r.code, 1);
+  EXPECT_NE(r.out.find("subs.json:3: subscription \"two-problems\""), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("  url:"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("  filter.contentTypes[0].events[0]:"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("subs.json:5: subscription \"hdr\""), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("  headers.X-A:"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("  secret"), std::string::npos) << r.out;
+  EXPECT_EQ(r.out.find("\"ok\""), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("3 subscriptions, 1 valid, 2 invalid"), std::string::npos) << r.out;
+
+  const auto good =
+      file("good.json", R"({"subscriptions": [{"id": "a", "url": "https://h.example/a"}]})");
+  EXPECT_EQ(hookline({"subscriptions", "validate", good}).code, 0);
+
+  const auto not_json = file("nj.json", "[\n{\"id\": \"a\"\n \"url\": 1}]");
+  r = hookline({"subscriptions", "validate", not_json});
+  EXPECT_EQ(r.code, 2);
+  EXPECT_NE(r.err.find("nj.json:3:"), std::string::npos) << r.err;
+}
+
+TEST_F(cli, subscriptions_validate_accepts_a_sensenet_export_unchanged) {
+  const auto f = file("export.json", R"({"d": {"__count": 1, "results": [
+  {"Id": 1234, "Name": "docs-hook", "Path": "/Root/System/WebHooks/docs-hook",
+   "Type": "WebHookSubscription",
+   "WebHookUrl": "https://hooks.example.com/in", "WebHookHttpMethod": "POST",
+   "WebHookFilter": "{\"Path\":\"/Root/Content\",\"ContentTypes\":[{\"Name\":\"File\",\"Events\":[\"Create\",\"Checkout\"]}],\"TriggersForAllEvents\":false}",
+   "WebHookHeaders": "{\"X-Api-Key\":\"k\"}",
+   "WebHookPayload": "{\"user\": @@currentuser@@, \"where\": \"@@content.Path@@\"}",
+   "Enabled": true, "IsValid": true, "InvalidFields": null}]}})");
+  auto r = hookline({"subscriptions", "validate", f});
+  EXPECT_EQ(r.code, 0) << r.out << r.err;
+  EXPECT_NE(r.out.find("1 subscription, 1 valid, 0 invalid"), std::string::npos) << r.out;
+}
+
+TEST_F(cli, dispatch_uses_a_sensenet_export_unchanged) {
+  json export_ = {
+      {"d",
+       {{"results",
+         {{{"Id", 77},
+           {"Name", "sn"},
+           {"WebHookUrl", server_.url("/sn")},
+           {"WebHookFilter",
+            R"({"Path":"/Root/Content","ContentTypes":[{"Name":"File","Events":["Create"]}]})"},
+           {"WebHookHeaders", R"({"X-Api-Key":"k"})"},
+           {"Enabled", true}}}}}}};
+  const auto subs = file("export.json", export_.dump());
+  auto r = hookline({"dispatch", "--subscriptions", subs, "--allow-private", "-"},
+                    event_line("Create", "/Root/Content/a.txt"));
+  ASSERT_EQ(r.code, 0) << r.err;
+  const auto reqs = server_.requests("/sn");
+  ASSERT_EQ(reqs.size(), 1u);
+  EXPECT_EQ(reqs[0].header("X-Api-Key"), "k");
+  EXPECT_EQ(json::parse(reqs[0].body)["path"], "/Root/Content/a.txt");
+}
+
+TEST(cli_signing, sign_reproduces_the_standard_webhooks_reference_vector) {
+  auto r = hookline({"sign", "--secret", reference_secret, "--id", "msg_p5jXN8AQM9LWM0D4loKWxJek",
+                     "--timestamp", "1614265330"},
+                    R"({"test": 2432232314})");
+  EXPECT_EQ(r.code, 0) << r.err;
+  EXPECT_EQ(r.out, "v1,g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OE=\n");
+
+  EXPECT_EQ(hookline({"sign", "--secret", "whsec_", "--id", "m", "--timestamp", "1"}, "x").code, 2);
+  EXPECT_EQ(
+      hookline({"sign", "--secret", reference_secret, "--id", "m", "--timestamp", "soon"}, "x")
+          .code,
+      2);
+}
+
+TEST(cli_signing, verify_accepts_good_and_rejects_bad_or_stale_signatures) {
+  const std::vector<std::string> vector_args = {
+      "verify",      "--secret",  reference_secret, "--id", "msg_p5jXN8AQM9LWM0D4loKWxJek",
+      "--timestamp", "1614265330"};
+  const std::string body = R"({"test": 2432232314})";
+  auto with = [&](std::vector<std::string> extra) {
+    auto a = vector_args;
+    a.insert(a.end(), extra.begin(), extra.end());
+    return a;
+  };
+  // The reference vector is from 2021: valid only when the time is not checked.
+  auto r = hookline(
+      with({"--signature", "v1,g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OE=", "--tolerance", "0"}),
+      body);
+  EXPECT_EQ(r.code, 0) << r.err;
+  r = hookline(with({"--signature", "v1,g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OE="}), body);
+  EXPECT_EQ(r.code, 1);
+  EXPECT_FALSE(r.err.empty());
+  r = hookline(
+      with({"--signature", "v1,g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OA=", "--tolerance", "0"}),
+      body);
+  EXPECT_EQ(r.code, 1);
+  r = hookline(with({"--signature", "v1,", "--tolerance", "0"}), body);
+  EXPECT_EQ(r.code, 1);
+  r = hookline(
+      with({"--signature", "v1,g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OE=", "--tolerance", "0"}),
+      body + " ");
+  EXPECT_EQ(r.code, 1);
+
+  // A fresh signature made by `sign` verifies with the default tolerance.
+  const auto now = std::to_string(std::chrono::duration_cast<std::chrono::seconds>(
+                                      std::chrono::system_clock::now().time_since_epoch())
+                                      .count());
+  auto sig = hookline({"sign", "--secret", reference_secret, "--id", "msg_1", "--timestamp", now},
+                      "hello");
+  ASSERT_EQ(sig.code, 0);
+  sig.out.pop_back();
+  r = hookline({"verify", "--secret", reference_secret, "--id", "msg_1", "--timestamp", now,
+                "--signature", sig.out},
+               "hello");
+  EXPECT_EQ(r.code, 0) << r.err;
+  r = hookline(
+      {"verify", "--secret", "whsec_", "--id", "msg_1", "--timestamp", now, "--signature", sig.out},
+      "hello");
+  EXPECT_EQ(r.code, 1);
+}
+
+TEST_F(cli, fire_sends_one_event_bypassing_the_filter_and_prints_the_outcome) {
+  json s = sub("f", "/fire");
+  s["filter"]["path"] = "/Root/Elsewhere";
+  const auto subs = file("subs.json", json::array({s}).dump());
+  auto r =
+      hookline({"fire", "--subscriptions", subs, "--subscription", "f", "--allow-private",
+                R"({"eventName":"Modify","path":"/Root/Content/a.txt","contentType":"File"})"});
+  ASSERT_EQ(r.code, 0) << r.err;
+  const auto out = r.summary();
+  EXPECT_EQ(out["status"], "delivered");
+  EXPECT_EQ(out["httpStatus"], 200);
+  const auto reqs = server_.requests("/fire");
+  ASSERT_EQ(reqs.size(), 1u);
+  EXPECT_EQ(json::parse(reqs[0].body)["eventName"], "Modify");
+  EXPECT_EQ(reqs[0].header("webhook-id"), out["messageId"].get<std::string>());
+
+  server_.respond_always("/fire", response::of(500));
+  r = hookline({"fire", "--subscriptions", subs, "--subscription", "f", "--allow-private"});
+  EXPECT_EQ(r.code, 1) << r.err;
+  EXPECT_EQ(r.summary()["status"], "dead");
+
+  r = hookline({"fire", "--subscriptions", subs, "--subscription", "nobody"});
+  EXPECT_EQ(r.code, 2);
+  EXPECT_NE(r.err.find("nobody"), std::string::npos);
+}
+
+}  // namespace

@@ -1,0 +1,759 @@
+// The delivery loop against a real HTTP server on 127.0.0.1: classification, retries, endpoint
+// isolation, ordering, breaker, rate limits, auto-disable and the attempt log.
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <chrono>
+#include <mutex>
+#include <thread>
+
+#include "dispatcher/circuit_breaker.hpp"
+#include "dispatcher/request.hpp"
+#include "hookline/hookline.hpp"
+#include "support/test_server.hpp"
+
+using namespace std::chrono_literals;
+using namespace hookline;
+using test::response;
+using test::test_server;
+using steady = std::chrono::steady_clock;
+
+namespace {
+
+subscription make_sub(std::string id, std::string url) {
+  subscription s;
+  s.id = std::move(id);
+  s.url = std::move(url);
+  s.filter.path = "/Root";
+  s.filter.content_types = {{"File", {"All"}}};
+  return s;
+}
+
+event make_event(const std::string& name = "a.txt") {
+  event e;
+  e.event_name = "Create";
+  e.path = "/Root/Content/" + name;
+  e.content_type = "File";
+  e.name = name;
+  e.node_id = 42;
+  return e;
+}
+
+options fast_options() {
+  options o;
+  o.delivery.allow_private_networks = true;
+  o.delivery.connect_timeout = 1s;
+  o.delivery.request_timeout = 3s;
+  o.delivery.retry.schedule = {50ms, 50ms, 50ms};
+  o.delivery.retry.jitter = 0;
+  return o;
+}
+
+template <class F>
+bool eventually(F f, std::chrono::milliseconds timeout = 10s) {
+  const auto deadline = steady::now() + timeout;
+  while (!f()) {
+    if (steady::now() > deadline) return false;
+    std::this_thread::sleep_for(2ms);
+  }
+  return true;
+}
+
+/// Collects what the hooks report (they run on the dispatcher thread).
+struct recorder {
+  std::mutex mutex;
+  std::vector<attempt_record> attempts;
+  std::vector<std::pair<message, std::string>> dead;
+  std::vector<message> delivered;
+  std::vector<std::pair<std::string, std::string>> disabled;
+
+  hooks make() {
+    hooks h;
+    h.on_attempt = [this](const attempt_record& a) {
+      std::lock_guard lock(mutex);
+      attempts.push_back(a);
+    };
+    h.on_delivered = [this](const message& m) {
+      std::lock_guard lock(mutex);
+      delivered.push_back(m);
+    };
+    h.on_dead = [this](const message& m, const std::string& reason) {
+      std::lock_guard lock(mutex);
+      dead.emplace_back(m, reason);
+    };
+    h.on_subscription_disabled = [this](const std::string& id, const std::string& reason) {
+      std::lock_guard lock(mutex);
+      disabled.emplace_back(id, reason);
+    };
+    return h;
+  }
+  std::size_t dead_count() {
+    std::lock_guard lock(mutex);
+    return dead.size();
+  }
+  std::string dead_reason(std::size_t i = 0) {
+    std::lock_guard lock(mutex);
+    return i < dead.size() ? dead[i].second : std::string{};
+  }
+};
+
+std::string only_id(const publish_result& r) {
+  EXPECT_EQ(r.message_ids.size(), 1u);
+  return r.message_ids.empty() ? std::string{} : r.message_ids.front();
+}
+
+message stored(hub& h, const std::string& id) {
+  auto m = h.store().get(id);
+  EXPECT_TRUE(m.has_value()) << id;
+  return m.value_or(message{});
+}
+
+}  // namespace
+
+// ---- units: classification, breaker, token bucket ----
+
+TEST(dispatcher, classifies_outcomes_as_design_md_says) {
+  using detail::classify;
+  using kind = detail::outcome::kind;
+  const auto now = std::chrono::system_clock::now();
+  auto status = [&](int s, std::optional<std::string> retry_after = {}) {
+    detail::http_response r;
+    r.status = s;
+    r.retry_after = std::move(retry_after);
+    return classify(r, now);
+  };
+  EXPECT_EQ(status(200).k, kind::success);
+  EXPECT_EQ(status(204).k, kind::success);
+  EXPECT_EQ(status(302).k, kind::permanent);
+  EXPECT_NE(status(302).reason.find("302"), std::string::npos);
+  for (int s : {408, 425, 429, 500, 502, 503, 599}) {
+    EXPECT_EQ(status(s).k, kind::retry) << s;
+    EXPECT_TRUE(status(s).unhealthy) << s;
+  }
+  EXPECT_EQ(status(410).k, kind::gone);
+  for (int s : {400, 401, 403, 404, 409, 422}) EXPECT_EQ(status(s).k, kind::permanent) << s;
+  EXPECT_FALSE(status(404).unhealthy);
+  EXPECT_EQ(status(429, "7").retry_after, duration(7000));
+  auto err = [&](detail::error_kind k) {
+    detail::http_response r;
+    r.kind = k;
+    r.error = "boom 10.0.0.1";
+    return classify(r, now);
+  };
+  EXPECT_EQ(err(detail::error_kind::timeout).k, kind::retry);
+  EXPECT_EQ(err(detail::error_kind::network).k, kind::retry);
+  EXPECT_EQ(err(detail::error_kind::refused).k, kind::permanent);
+  EXPECT_EQ(err(detail::error_kind::refused).reason, "boom 10.0.0.1");
+  EXPECT_EQ(err(detail::error_kind::invalid).k, kind::permanent);
+  EXPECT_EQ(err(detail::error_kind::cancelled).k, kind::cancelled);
+}
+
+TEST(dispatcher, breaker_opens_on_streak_and_lets_one_probe_through) {
+  circuit_breaker_options o;
+  o.failure_streak = 3;
+  o.min_requests = 100;
+  o.cool_down = 30s;
+  detail::circuit_breaker b(o);
+  const auto t = std::chrono::system_clock::now();
+  EXPECT_FALSE(b.on_result(false, false, t));
+  EXPECT_FALSE(b.on_result(true, false, t));  // a success resets the streak
+  EXPECT_FALSE(b.on_result(false, false, t));
+  EXPECT_FALSE(b.on_result(false, false, t));
+  EXPECT_TRUE(b.on_result(false, false, t));
+  EXPECT_FALSE(b.allows(t + 29s));
+  EXPECT_TRUE(b.allows(t + 30s));
+  EXPECT_TRUE(b.on_start(t + 30s));  // the probe
+  EXPECT_FALSE(b.allows(t + 31s));   // only one
+  EXPECT_TRUE(b.on_result(false, true, t + 31s));
+  EXPECT_FALSE(b.allows(t + 60s));
+  EXPECT_TRUE(b.on_start(t + 61s));
+  b.on_result(true, true, t + 62s);
+  EXPECT_EQ(b.current(t + 62s), detail::circuit_breaker::state::closed);
+  EXPECT_TRUE(b.allows(t + 62s));
+}
+
+TEST(dispatcher, breaker_opens_on_failure_rate_over_enough_requests) {
+  circuit_breaker_options o;
+  o.failure_streak = 1000;
+  o.failure_rate = 0.5;
+  o.min_requests = 10;
+  detail::circuit_breaker b(o);
+  const auto t = std::chrono::system_clock::now();
+  bool opened = false;
+  for (int i = 0; i < 10 && !opened; ++i) opened = b.on_result(i % 2 == 0, false, t);
+  EXPECT_TRUE(opened);
+  // Old outcomes leave the window.
+  detail::circuit_breaker c(o);
+  for (int i = 0; i < 9; ++i) c.on_result(false, false, t);
+  for (int i = 0; i < 9; ++i) c.on_result(true, false, t);
+  EXPECT_FALSE(c.on_result(false, false, t + 10min));
+}
+
+TEST(dispatcher, token_bucket_spaces_at_its_rate) {
+  detail::token_bucket b;
+  const auto t = std::chrono::system_clock::now();
+  b.configure(2.0, t);
+  EXPECT_TRUE(b.try_take(t));
+  EXPECT_FALSE(b.try_take(t));
+  EXPECT_EQ(b.next_token(t) - t > 499ms, true);
+  EXPECT_FALSE(b.try_take(t + 499ms));
+  EXPECT_TRUE(b.try_take(t + 500ms));
+}
+
+// ---- against a real server ----
+
+TEST(dispatcher, delivers_a_signed_request_that_verifies_on_the_server) {
+  test_server server;
+  recorder rec;
+  auto o = fast_options();
+  o.hooks = rec.make();
+  hub h(o);
+  auto s = make_sub("docs", server.url("/hook"));
+  s.secrets = {generate_secret()};
+  h.subscriptions().add(s);
+  const auto id = only_id(h.publish(make_event()));
+  EXPECT_EQ(id.rfind("msg_", 0), 0u);
+  EXPECT_GE(id.size(), 30u);
+  ASSERT_TRUE(h.wait_idle(10s));
+  auto reqs = server.requests("/hook");
+  ASSERT_EQ(reqs.size(), 1u);
+  const auto& r = reqs[0];
+  EXPECT_EQ(r.method, "POST");
+  EXPECT_EQ(r.header("webhook-id"), id);
+  EXPECT_EQ(r.header("Content-Type"), "application/json");
+  EXPECT_EQ(r.header("User-Agent"), "hookline/" + std::string(version()));
+  ASSERT_TRUE(r.header("webhook-timestamp") && r.header("webhook-signature"));
+  auto v =
+      verify(s.secrets, id, *r.header("webhook-timestamp"), r.body, *r.header("webhook-signature"));
+  EXPECT_TRUE(v.ok) << v.reason;
+  auto body = nlohmann::json::parse(r.body);
+  EXPECT_EQ(body["eventName"], "Create");
+  EXPECT_EQ(body["subscriptionId"], "docs");
+  EXPECT_EQ(stored(h, id).status, message_status::delivered);
+  EXPECT_EQ(h.counters().delivered, 1u);
+  std::lock_guard lock(rec.mutex);
+  ASSERT_EQ(rec.delivered.size(), 1u);
+  EXPECT_EQ(rec.delivered[0].id, id);
+  ASSERT_EQ(rec.attempts.size(), 1u);
+  EXPECT_TRUE(rec.attempts[0].success);
+  EXPECT_EQ(rec.attempts[0].status_code, 200);
+}
+
+TEST(dispatcher, retries_server_errors_with_the_same_webhook_id) {
+  test_server server;
+  server.script("/hook", {response::of(500), response::of(503)});
+  hub h(fast_options());
+  h.subscriptions().add(make_sub("s", server.url("/hook")));
+  const auto id = only_id(h.publish(make_event()));
+  ASSERT_TRUE(h.wait_idle(10s));
+  auto reqs = server.requests("/hook");
+  ASSERT_EQ(reqs.size(), 3u);
+  for (const auto& r : reqs) EXPECT_EQ(r.header("webhook-id"), id);
+  EXPECT_EQ(reqs[0].body, reqs[2].body);
+  auto m = stored(h, id);
+  EXPECT_EQ(m.status, message_status::delivered);
+  EXPECT_EQ(m.attempts, 3);
+  EXPECT_EQ(h.counters().retries, 2u);
+  attempt_query q;
+  q.message_id = id;
+  auto log = h.store().attempts(q);
+  ASSERT_EQ(log.size(), 3u);
+  EXPECT_EQ(log[0].status_code, 500);
+  EXPECT_EQ(log[1].status_code, 503);
+  EXPECT_EQ(log[2].attempt, 3);
+}
+
+TEST(dispatcher, honours_retry_after_on_429) {
+  test_server server;
+  server.script("/hook", {response::of(429, "", {{"Retry-After", "30"}})});
+  auto clock = std::make_shared<manual_clock>();
+  const auto t0 = clock->now();
+  auto o = fast_options();
+  o.clock = clock;
+  hub h(o);
+  h.subscriptions().add(make_sub("s", server.url("/hook")));
+  const auto id = only_id(h.publish(make_event()));
+  ASSERT_TRUE(eventually([&] { return stored(h, id).attempts == 1; }));
+  auto m = stored(h, id);
+  EXPECT_EQ(m.status, message_status::pending);
+  EXPECT_EQ(m.last_status, 429);
+  EXPECT_GE(m.next_attempt_at, t0 + 30s);  // not the 50 ms of the schedule
+  clock->advance(29s);
+  clock->advance(0s);
+  EXPECT_EQ(server.request_count("/hook"), 1u);
+  clock->advance(1s);
+  ASSERT_TRUE(h.wait_idle(10s));
+  EXPECT_EQ(server.request_count("/hook"), 2u);
+  EXPECT_EQ(stored(h, id).status, message_status::delivered);
+}
+
+TEST(dispatcher, retry_after_as_http_date_is_capped) {
+  test_server server;
+  server.script("/hook",
+                {response::of(503, "", {{"Retry-After", "Fri, 31 Dec 2100 23:59:59 GMT"}})});
+  auto clock = std::make_shared<manual_clock>();
+  const auto t0 = clock->now();
+  auto o = fast_options();
+  o.clock = clock;
+  o.delivery.retry.retry_after_max = 2min;
+  hub h(o);
+  h.subscriptions().add(make_sub("s", server.url("/hook")));
+  const auto id = only_id(h.publish(make_event()));
+  ASSERT_TRUE(eventually([&] { return stored(h, id).attempts == 1; }));
+  auto m = stored(h, id);
+  EXPECT_GE(m.next_attempt_at, t0 + 2min);
+  EXPECT_LT(m.next_attempt_at, t0 + 3min);
+}
+
+TEST(dispatcher, times_out_a_slow_endpoint_and_retries) {
+  test_server server;
+  server.script("/hook", {response::slow(2s)});
+  recorder rec;
+  auto o = fast_options();
+  o.delivery.request_timeout = 300ms;
+  o.hooks = rec.make();
+  hub h(o);
+  h.subscriptions().add(make_sub("s", server.url("/hook")));
+  const auto id = only_id(h.publish(make_event()));
+  ASSERT_TRUE(h.wait_idle(10s));
+  EXPECT_EQ(stored(h, id).status, message_status::delivered);
+  std::lock_guard lock(rec.mutex);
+  ASSERT_EQ(rec.attempts.size(), 2u);
+  EXPECT_EQ(rec.attempts[0].status_code, 0);
+  EXPECT_NE(rec.attempts[0].error.find("timeout"), std::string::npos) << rec.attempts[0].error;
+  EXPECT_LT(rec.attempts[0].duration, 1500ms);
+}
+
+TEST(dispatcher, retries_a_dropped_connection) {
+  test_server server;
+  server.script("/hook", {response::dropped()});
+  recorder rec;
+  auto o = fast_options();
+  o.hooks = rec.make();
+  hub h(o);
+  h.subscriptions().add(make_sub("s", server.url("/hook")));
+  const auto id = only_id(h.publish(make_event()));
+  ASSERT_TRUE(h.wait_idle(10s));
+  EXPECT_EQ(stored(h, id).status, message_status::delivered);
+  std::lock_guard lock(rec.mutex);
+  ASSERT_GE(rec.attempts.size(), 2u);
+  EXPECT_FALSE(rec.attempts[0].success);
+  EXPECT_EQ(rec.attempts[0].status_code, 0);
+  EXPECT_NE(rec.attempts[0].error.find("network"), std::string::npos) << rec.attempts[0].error;
+}
+
+TEST(dispatcher, gone_410_disables_the_subscription_and_tells_the_host) {
+  test_server server;
+  server.respond_always("/hook", response::of(410));
+  recorder rec;
+  auto o = fast_options();
+  o.hooks = rec.make();
+  hub h(o);
+  h.subscriptions().add(make_sub("s", server.url("/hook")));
+  const auto id = only_id(h.publish(make_event()));
+  ASSERT_TRUE(h.wait_idle(10s));
+  EXPECT_EQ(stored(h, id).status, message_status::dead);
+  EXPECT_EQ(server.request_count("/hook"), 1u);
+  EXPECT_FALSE(h.subscriptions().get("s")->enabled);
+  {
+    std::lock_guard lock(rec.mutex);
+    ASSERT_EQ(rec.disabled.size(), 1u);
+    EXPECT_EQ(rec.disabled[0].first, "s");
+    EXPECT_NE(rec.disabled[0].second.find("410"), std::string::npos);
+  }
+  auto states = h.store().load_states();
+  ASSERT_EQ(states.size(), 1u);
+  EXPECT_TRUE(states[0].disabled);
+  EXPECT_TRUE(h.publish(make_event()).message_ids.empty());
+}
+
+TEST(dispatcher, redirect_is_not_followed) {
+  test_server server;
+  server.respond_always("/hook", response::of(302, "", {{"Location", server.url("/elsewhere")}}));
+  recorder rec;
+  auto o = fast_options();
+  o.hooks = rec.make();
+  hub h(o);
+  h.subscriptions().add(make_sub("s", server.url("/hook")));
+  const auto id = only_id(h.publish(make_event()));
+  ASSERT_TRUE(h.wait_idle(10s));
+  EXPECT_EQ(stored(h, id).status, message_status::dead);
+  EXPECT_EQ(server.request_count("/hook"), 1u);
+  EXPECT_EQ(server.request_count("/elsewhere"), 0u);
+  EXPECT_NE(rec.dead_reason().find("302"), std::string::npos) << rec.dead_reason();
+  EXPECT_NE(rec.dead_reason().find("not followed"), std::string::npos) << rec.dead_reason();
+}
+
+TEST(dispatcher, client_error_is_not_retried) {
+  test_server server;
+  server.respond_always("/hook", response::of(400, "bad field"));
+  recorder rec;
+  auto o = fast_options();
+  o.hooks = rec.make();
+  hub h(o);
+  h.subscriptions().add(make_sub("s", server.url("/hook")));
+  const auto id = only_id(h.publish(make_event()));
+  ASSERT_TRUE(h.wait_idle(10s));
+  auto m = stored(h, id);
+  EXPECT_EQ(m.status, message_status::dead);
+  EXPECT_EQ(m.attempts, 1);
+  EXPECT_EQ(m.last_status, 400);
+  EXPECT_EQ(server.request_count("/hook"), 1u);
+  EXPECT_EQ(h.counters().dead, 1u);
+  std::lock_guard lock(rec.mutex);
+  ASSERT_EQ(rec.attempts.size(), 1u);
+  EXPECT_EQ(rec.attempts[0].response_head, "bad field");
+}
+
+TEST(dispatcher, ssrf_guard_refuses_loopback_unless_allowed) {
+  test_server server;
+  {
+    recorder rec;
+    auto o = fast_options();
+    o.delivery.allow_private_networks = false;
+    o.hooks = rec.make();
+    hub h(o);
+    h.subscriptions().add(make_sub("s", server.url("/hook")));
+    const auto id = only_id(h.publish(make_event()));
+    ASSERT_TRUE(h.wait_idle(10s));
+    EXPECT_EQ(stored(h, id).status, message_status::dead);
+    EXPECT_NE(rec.dead_reason().find("127.0.0.1"), std::string::npos) << rec.dead_reason();
+    EXPECT_EQ(server.request_count(), 0u);
+  }
+  {
+    auto o = fast_options();
+    o.delivery.allow_private_networks = false;
+    o.delivery.allowed_cidrs = {"127.0.0.0/8"};
+    hub h(o);
+    h.subscriptions().add(make_sub("s", server.url("/hook")));
+    const auto id = only_id(h.publish(make_event()));
+    ASSERT_TRUE(h.wait_idle(10s));
+    EXPECT_EQ(stored(h, id).status, message_status::delivered);
+    EXPECT_EQ(server.request_count(), 1u);
+  }
+}
+
+TEST(dispatcher, keeps_one_connection_alive_for_sequential_messages) {
+  test_server server;
+  hub h(fast_options());
+  h.subscriptions().add(make_sub("s", server.url("/hook")));
+  for (int i = 0; i < 20; ++i) {
+    h.publish(make_event());
+    ASSERT_TRUE(h.wait_idle(10s));
+  }
+  EXPECT_EQ(server.request_count("/hook"), 20u);
+  EXPECT_EQ(server.connections_accepted(), 1u);
+}
+
+TEST(dispatcher, a_dead_endpoint_does_not_slow_a_healthy_one) {
+  test_server server;
+  server.respond_always("/dead", response::slow(10s));
+  recorder rec;
+  auto o = fast_options();
+  o.delivery.request_timeout = 5s;
+  o.delivery.endpoint_concurrency = 2;
+  o.delivery.max_in_flight = 64;
+  o.hooks = rec.make();
+  hub h(o);
+  auto dead = make_sub("dead", server.url("/dead"));
+  dead.filter.content_types = {{"Folder", {"All"}}};
+  h.subscriptions().add(dead);
+  h.subscriptions().add(make_sub("healthy", server.url("/ok")));
+  const auto t0 = steady::now();
+  // Dead endpoint's messages first, so they are older and claimed first.
+  std::vector<event> dead_events(40, make_event());
+  for (auto& e : dead_events) e.content_type = "Folder";
+  h.publish(dead_events);
+  std::vector<event> healthy(40, make_event());
+  h.publish(healthy);
+  ASSERT_TRUE(server.wait_for_requests("/ok", 40, 10s));
+  const auto took = steady::now() - t0;
+  EXPECT_LT(took, 2s);                           // well before the dead endpoint's 5 s timeout
+  EXPECT_LE(server.request_count("/dead"), 2u);  // its concurrency, no more
+  ASSERT_TRUE(eventually([&] { return h.counters().delivered == 40; }));
+  h.stop(0ms);
+  EXPECT_EQ(h.store().counts(std::chrono::system_clock::now()).pending, 40u);
+}
+
+TEST(dispatcher, ordered_delivery_keeps_order_across_retries) {
+  test_server server;
+  server.script("/hook", {response::of(500), response::of(200), response::of(503)});
+  auto o = fast_options();
+  o.delivery.endpoint_concurrency = 8;
+  hub h(o);
+  auto s = make_sub("s", server.url("/hook"));
+  s.ordered = true;
+  h.subscriptions().add(s);
+  std::vector<event> events;
+  for (int i = 0; i < 6; ++i) events.push_back(make_event("doc" + std::to_string(i) + ".txt"));
+  const auto ids = h.publish(events).message_ids;
+  ASSERT_EQ(ids.size(), 6u);
+  ASSERT_TRUE(h.wait_idle(10s));
+  std::vector<std::string> seen;
+  for (const auto& r : server.requests("/hook")) seen.push_back(*r.header("webhook-id"));
+  const std::vector<std::string> expected = {ids[0], ids[0], ids[1], ids[1],
+                                             ids[2], ids[3], ids[4], ids[5]};
+  EXPECT_EQ(seen, expected);
+}
+
+TEST(dispatcher, stop_leaves_unfinished_messages_pending_in_the_store) {
+  test_server server;
+  server.respond_always("/slow", response::slow(5s));
+  server.respond_always("/fail", response::of(500));
+  auto o = fast_options();
+  o.delivery.retry.schedule = {1h};
+  hub h(o);
+  h.subscriptions().add(make_sub("slow", server.url("/slow")));
+  h.subscriptions().add(make_sub("fail", server.url("/fail")));
+  const auto ids = h.publish(std::vector<event>(3, make_event())).message_ids;
+  ASSERT_EQ(ids.size(), 6u);
+  ASSERT_TRUE(server.wait_for_requests("/slow", 3, 10s));
+  ASSERT_TRUE(server.wait_for_requests("/fail", 3, 10s));
+  const auto t0 = steady::now();
+  h.stop(100ms);
+  EXPECT_LT(steady::now() - t0, 2s);
+  const auto c = h.store().counts(std::chrono::system_clock::now());
+  EXPECT_EQ(c.pending, 6u);
+  EXPECT_EQ(c.in_flight, 0u);  // leases released
+  for (const auto& id : ids) {
+    auto m = stored(h, id);
+    EXPECT_EQ(m.status, message_status::pending);
+    EXPECT_EQ(m.attempts, m.subscription_id == "slow" ? 0 : 1) << m.subscription_id;
+  }
+  EXPECT_THROW(h.publish(make_event()), error);
+  h.stop(1s);  // idempotent
+}
+
+TEST(dispatcher, breaker_opens_after_a_failure_streak_and_probes_after_cool_down) {
+  test_server server;
+  server.respond_always("/hook", response::of(503));
+  auto clock = std::make_shared<manual_clock>();
+  auto o = fast_options();
+  o.clock = clock;
+  o.delivery.retry.schedule = std::vector<duration>(20, 0ms);
+  o.delivery.endpoint_concurrency = 1;
+  o.delivery.breaker.failure_streak = 3;
+  o.delivery.breaker.cool_down = 30s;
+  hub h(o);
+  h.subscriptions().add(make_sub("s", server.url("/hook")));
+  h.publish(std::vector<event>(4, make_event()));
+  ASSERT_TRUE(server.wait_for_requests("/hook", 3, 10s));
+  // Open: nothing more reaches the endpoint while the clock stands still, and nothing burns an
+  // attempt.
+  std::this_thread::sleep_for(300ms);
+  EXPECT_EQ(server.request_count("/hook"), 3u);
+  EXPECT_EQ(h.counters().attempts, 3u);
+  server.respond_always("/hook", response::of(200));
+  server.respond("/hook", response::slow(300ms, 200));  // the probe answers slowly
+  clock->advance(30s);
+  // Half-open: exactly one probe; its success closes the breaker and the rest flow.
+  ASSERT_TRUE(h.wait_idle(10s));
+  EXPECT_EQ(h.counters().delivered, 4u);
+  auto reqs = server.requests("/hook");
+  ASSERT_EQ(reqs.size(), 7u);
+  // Nothing else went while the probe (the 4th request) was out.
+  EXPECT_GE(reqs[4].arrived - reqs[3].arrived, 250ms);
+}
+
+TEST(dispatcher, rate_limit_spaces_messages) {
+  test_server server;
+  hub h(fast_options());
+  auto s = make_sub("s", server.url("/hook"));
+  s.rate_limit = 10;  // one every 100 ms
+  h.subscriptions().add(s);
+  h.publish(std::vector<event>(5, make_event()));
+  ASSERT_TRUE(h.wait_idle(10s));
+  auto reqs = server.requests("/hook");
+  ASSERT_EQ(reqs.size(), 5u);
+  // Sent 100 ms apart; arrival times may wobble a little under load.
+  for (std::size_t i = 1; i < reqs.size(); ++i)
+    EXPECT_GE(reqs[i].arrived - reqs[i - 1].arrived, 40ms) << i;
+  EXPECT_GE(reqs.back().arrived - reqs.front().arrived, 350ms);
+}
+
+TEST(dispatcher, respects_endpoint_concurrency) {
+  test_server server;
+  server.respond_always("/hook", response::slow(100ms));
+  auto o = fast_options();
+  o.delivery.endpoint_concurrency = 3;
+  hub h(o);
+  h.subscriptions().add(make_sub("s", server.url("/hook")));
+  const auto t0 = steady::now();
+  h.publish(std::vector<event>(12, make_event()));
+  ASSERT_TRUE(h.wait_idle(10s));
+  EXPECT_EQ(server.request_count("/hook"), 12u);
+  EXPECT_LE(server.connections_accepted(), 3u);  // never more than 3 at once
+  EXPECT_GE(steady::now() - t0, 390ms);          // 4 waves of 100 ms
+}
+
+TEST(dispatcher, gives_up_after_max_attempts_and_calls_on_dead) {
+  test_server server;
+  server.respond_always("/hook", response::of(500));
+  recorder rec;
+  auto o = fast_options();
+  o.delivery.retry.schedule = {10ms, 10ms, 10ms, 10ms};
+  o.delivery.retry.max_attempts = 3;
+  o.hooks = rec.make();
+  hub h(o);
+  h.subscriptions().add(make_sub("s", server.url("/hook")));
+  const auto id = only_id(h.publish(make_event()));
+  ASSERT_TRUE(h.wait_idle(10s));
+  EXPECT_EQ(server.request_count("/hook"), 3u);
+  auto m = stored(h, id);
+  EXPECT_EQ(m.status, message_status::dead);
+  EXPECT_EQ(m.attempts, 3);
+  ASSERT_EQ(rec.dead_count(), 1u);
+  EXPECT_NE(rec.dead_reason().find("gave up after 3 attempts"), std::string::npos);
+  EXPECT_NE(rec.dead_reason().find("HTTP 500"), std::string::npos);
+  EXPECT_EQ(m.last_error, rec.dead_reason());
+}
+
+TEST(dispatcher, max_age_gives_up_before_the_next_attempt) {
+  test_server server;
+  server.respond_always("/hook", response::of(503));
+  auto clock = std::make_shared<manual_clock>();
+  auto o = fast_options();
+  o.clock = clock;
+  o.delivery.retry.schedule = {10min, 10min, 10min};
+  o.delivery.retry.max_age = 15min;
+  hub h(o);
+  h.subscriptions().add(make_sub("s", server.url("/hook")));
+  const auto id = only_id(h.publish(make_event()));
+  ASSERT_TRUE(eventually([&] { return stored(h, id).attempts == 1; }));
+  clock->advance(10min);
+  ASSERT_TRUE(h.wait_idle(10s));
+  auto m = stored(h, id);
+  EXPECT_EQ(m.status, message_status::dead);
+  EXPECT_EQ(m.attempts, 2);
+  EXPECT_NE(m.last_error.find("maximum age"), std::string::npos) << m.last_error;
+}
+
+TEST(dispatcher, auto_disables_a_subscription_failing_for_the_configured_time) {
+  test_server server;
+  server.respond_always("/hook", response::of(500));
+  auto clock = std::make_shared<manual_clock>();
+  recorder rec;
+  auto o = fast_options();
+  o.clock = clock;
+  o.hooks = rec.make();
+  o.delivery.retry.schedule = {30min, 30min, 30min, 30min};
+  o.delivery.auto_disable_after = 1h;
+  hub h(o);
+  h.subscriptions().add(make_sub("s", server.url("/hook")));
+  const auto id = only_id(h.publish(make_event()));
+  ASSERT_TRUE(eventually([&] { return stored(h, id).attempts == 1; }));
+  auto states = h.store().load_states();
+  ASSERT_EQ(states.size(), 1u);
+  EXPECT_EQ(states[0].failing_since, stored(h, id).created_at);
+  clock->advance(30min);
+  ASSERT_TRUE(eventually([&] { return stored(h, id).attempts == 2; }));
+  EXPECT_TRUE(h.subscriptions().get("s")->enabled);
+  clock->advance(30min);
+  ASSERT_TRUE(h.wait_idle(10s));
+  EXPECT_FALSE(h.subscriptions().get("s")->enabled);
+  EXPECT_EQ(stored(h, id).status, message_status::dead);
+  std::lock_guard lock(rec.mutex);
+  ASSERT_EQ(rec.disabled.size(), 1u);
+  EXPECT_EQ(rec.disabled[0].first, "s");
+  EXPECT_NE(rec.disabled[0].second.find("failing continuously"), std::string::npos);
+}
+
+TEST(dispatcher, a_success_resets_the_failure_timer) {
+  test_server server;
+  server.script("/hook", {response::of(500)});
+  auto clock = std::make_shared<manual_clock>();
+  auto o = fast_options();
+  o.clock = clock;
+  o.delivery.retry.schedule = {30min};
+  o.delivery.auto_disable_after = 1h;
+  hub h(o);
+  h.subscriptions().add(make_sub("s", server.url("/hook")));
+  const auto id = only_id(h.publish(make_event()));
+  ASSERT_TRUE(eventually([&] { return stored(h, id).attempts == 1; }));
+  clock->advance(30min);
+  ASSERT_TRUE(h.wait_idle(10s));
+  auto states = h.store().load_states();
+  ASSERT_EQ(states.size(), 1u);
+  EXPECT_FALSE(states[0].failing_since.has_value());
+  EXPECT_FALSE(states[0].disabled);
+}
+
+TEST(dispatcher, get_carries_the_headers_and_no_body) {
+  test_server server;
+  hub h(fast_options());
+  auto s = make_sub("s", server.url("/hook"));
+  s.http_method = "GET";
+  s.secrets = {generate_secret()};
+  h.subscriptions().add(s);
+  const auto id = only_id(h.publish(make_event()));
+  ASSERT_TRUE(h.wait_idle(10s));
+  auto reqs = server.requests("/hook");
+  ASSERT_EQ(reqs.size(), 1u);
+  EXPECT_EQ(reqs[0].method, "GET");
+  EXPECT_TRUE(reqs[0].body.empty());
+  EXPECT_EQ(reqs[0].header("webhook-id"), id);
+  ASSERT_TRUE(reqs[0].header("webhook-signature"));
+  EXPECT_TRUE(verify(s.secrets, id, *reqs[0].header("webhook-timestamp"), "",
+                     *reqs[0].header("webhook-signature")));
+}
+
+TEST(dispatcher, subscription_headers_arrive_after_the_standard_ones) {
+  test_server server;
+  hub h(fast_options());
+  auto s = make_sub("s", server.url("/hook"));
+  s.headers = {{"X-Api-Key", "k-123"}, {"Authorization", "Bearer t"}};
+  h.subscriptions().add(s);
+  h.publish(make_event());
+  ASSERT_TRUE(h.wait_idle(10s));
+  auto reqs = server.requests("/hook");
+  ASSERT_EQ(reqs.size(), 1u);
+  EXPECT_EQ(reqs[0].header("X-Api-Key"), "k-123");
+  EXPECT_EQ(reqs[0].header("Authorization"), "Bearer t");
+  EXPECT_FALSE(reqs[0].header("webhook-signature"));  // no secret, no signature
+}
+
+TEST(dispatcher, statistics_count_per_subscription) {
+  test_server server;
+  server.script("/a", {response::of(500)});
+  server.respond_always("/b", response::of(404));
+  hub h(fast_options());
+  h.subscriptions().add(make_sub("a", server.url("/a")));
+  h.subscriptions().add(make_sub("b", server.url("/b")));
+  h.publish(make_event());
+  ASSERT_TRUE(h.wait_idle(10s));
+  auto a = h.store().stats("a");
+  EXPECT_EQ(a.calls, 2u);
+  EXPECT_EQ(a.status_5xx, 1u);
+  EXPECT_EQ(a.status_2xx, 1u);
+  EXPECT_EQ(a.failures, 1u);
+  EXPECT_DOUBLE_EQ(a.success_rate(), 0.5);
+  auto b = h.store().stats("b");
+  EXPECT_EQ(b.calls, 1u);
+  EXPECT_EQ(b.status_4xx, 1u);
+  EXPECT_EQ(b.failures, 1u);
+  EXPECT_GT(b.request_bytes, 0u);
+}
+
+TEST(dispatcher, messages_of_a_removed_subscription_die_with_the_reason) {
+  test_server server;
+  server.respond_always("/hook", response::of(500));
+  auto clock = std::make_shared<manual_clock>();
+  recorder rec;
+  auto o = fast_options();
+  o.clock = clock;
+  o.hooks = rec.make();
+  o.delivery.retry.schedule = {1min};
+  hub h(o);
+  h.subscriptions().add(make_sub("s", server.url("/hook")));
+  auto other = make_sub("other", server.url("/other"));
+  other.filter.content_types = {{"Folder", {"All"}}};
+  h.subscriptions().add(other);  // keeps the registry non-empty after the removal
+  const auto id = only_id(h.publish(make_event()));
+  ASSERT_TRUE(eventually([&] { return stored(h, id).attempts == 1; }));
+  h.subscriptions().remove("s");
+  clock->advance(1min);
+  ASSERT_TRUE(h.wait_idle(10s));
+  EXPECT_EQ(stored(h, id).status, message_status::dead);
+  EXPECT_EQ(rec.dead_reason(), "subscription removed");
+  EXPECT_EQ(server.request_count("/hook"), 1u);
+}

@@ -1,0 +1,303 @@
+// The hub facade: publish, fire, backpressure, replay, stop, publish-only mode.
+#include <gtest/gtest.h>
+
+#include <atomic>
+#include <chrono>
+#include <regex>
+#include <set>
+#include <thread>
+
+#include <spdlog/spdlog.h>
+
+#include "hookline/hookline.hpp"
+#include "support/test_server.hpp"
+
+using namespace std::chrono_literals;
+using namespace hookline;
+using test::response;
+using test::test_server;
+using steady = std::chrono::steady_clock;
+
+namespace {
+
+subscription make_sub(std::string id, std::string url, std::string type = "File") {
+  subscription s;
+  s.id = std::move(id);
+  s.url = std::move(url);
+  s.filter.path = "/Root/Content";
+  s.filter.content_types = {{std::move(type), {"All"}}};
+  return s;
+}
+
+event make_event(std::string type = "File") {
+  event e;
+  e.event_name = "Modify";
+  e.path = "/Root/Content/Docs/a.txt";
+  e.content_type = std::move(type);
+  e.name = "a.txt";
+  e.node_id = 7;
+  return e;
+}
+
+options fast_options() {
+  options o;
+  o.delivery.allow_private_networks = true;
+  o.delivery.connect_timeout = 1s;
+  o.delivery.request_timeout = 3s;
+  o.delivery.retry.schedule = {50ms, 50ms};
+  o.delivery.retry.jitter = 0;
+  return o;
+}
+
+options publish_only() {
+  auto o = fast_options();
+  o.dispatch = false;
+  return o;
+}
+
+}  // namespace
+
+TEST(hub, version_is_the_build_version) {
+  EXPECT_TRUE(std::regex_match(std::string(version()), std::regex(R"(\d+\.\d+\.\d+)")))
+      << version();
+}
+
+TEST(hub, fills_defaults_for_logger_clock_and_worker_id) {
+  hub h(publish_only());
+  const auto& s = h.settings();
+  ASSERT_TRUE(s.logger);
+  EXPECT_EQ(s.logger->name(), "hookline");
+  EXPECT_TRUE(s.logger->sinks().empty());
+  EXPECT_NE(s.logger, spdlog::default_logger());
+  ASSERT_TRUE(s.clock);
+  EXPECT_FALSE(s.worker_id.empty());
+  hub other(publish_only());
+  EXPECT_NE(other.settings().worker_id, s.worker_id);
+}
+
+TEST(hub, publish_creates_one_message_per_matching_subscription) {
+  hub h(publish_only());
+  h.subscriptions().add(make_sub("files", "https://a.example.com/in"));
+  auto ordered = make_sub("files-ordered", "https://b.example.com/in");
+  ordered.ordered = true;
+  ordered.http_method = "PUT";
+  h.subscriptions().add(ordered);
+  h.subscriptions().add(make_sub("folders", "https://c.example.com/in", "Folder"));
+  auto r = h.publish(make_event());
+  ASSERT_EQ(r.message_ids.size(), 2u);
+  EXPECT_NE(r.message_ids[0], r.message_ids[1]);
+  for (const auto& id : r.message_ids) {
+    EXPECT_TRUE(std::regex_match(id, std::regex("msg_[0-9A-Z]{26}"))) << id;
+  }
+  auto a = h.store().get(r.message_ids[0]);
+  auto b = h.store().get(r.message_ids[1]);
+  ASSERT_TRUE(a && b);
+  EXPECT_EQ(a->subscription_id, "files");
+  EXPECT_EQ(a->url, "https://a.example.com/in");
+  EXPECT_EQ(a->http_method, "POST");
+  EXPECT_FALSE(a->ordered);
+  EXPECT_EQ(b->http_method, "PUT");
+  EXPECT_TRUE(b->ordered);
+  EXPECT_EQ(a->status, message_status::pending);
+  EXPECT_EQ(a->event_name, "Modify");
+  EXPECT_EQ(a->event_id, b->event_id);  // one event, one generated id
+  EXPECT_EQ(a->event_id.rfind("evt_", 0), 0u);
+  auto body = nlohmann::json::parse(a->body);
+  EXPECT_EQ(body["subscriptionId"], "files");
+  EXPECT_EQ(body["nodeId"], 7);
+  EXPECT_EQ(h.counters().published, 1u);
+  EXPECT_EQ(h.counters().messages, 2u);
+}
+
+TEST(hub, publish_keeps_the_callers_event_id_and_batches_events) {
+  hub h(publish_only());
+  h.subscriptions().add(make_sub("files", "https://a.example.com/in"));
+  std::vector<event> events(3, make_event());
+  events[0].id = "evt-mine";
+  events[1].content_type = "Folder";  // matches nothing
+  auto r = h.publish(events);
+  ASSERT_EQ(r.message_ids.size(), 2u);
+  EXPECT_EQ(h.store().get(r.message_ids[0])->event_id, "evt-mine");
+  EXPECT_EQ(h.counters().published, 3u);
+  EXPECT_EQ(h.counters().messages, 2u);
+  EXPECT_TRUE(h.publish(make_event("Folder")).message_ids.empty());
+}
+
+TEST(hub, fire_bypasses_the_filter_but_not_the_enabled_flag) {
+  test_server server;
+  hub h(fast_options());
+  h.subscriptions().add(make_sub("folders", server.url("/hook"), "Folder"));
+  EXPECT_TRUE(h.publish(make_event("File")).message_ids.empty());
+  const auto id = h.fire("folders", make_event("File"));
+  ASSERT_TRUE(h.wait_idle(10s));
+  auto reqs = server.requests("/hook");
+  ASSERT_EQ(reqs.size(), 1u);
+  EXPECT_EQ(reqs[0].header("webhook-id"), id);
+  EXPECT_EQ(h.store().get(id)->status, message_status::delivered);
+  EXPECT_THROW(h.fire("nobody", make_event()), error);
+  h.subscriptions().set_enabled("folders", false);
+  EXPECT_THROW(h.fire("folders", make_event()), error);
+}
+
+TEST(hub, queue_full_with_reject_throws_counts_and_enqueues_nothing) {
+  test_server server;
+  server.respond_always("/hook", response::slow(3s));
+  auto o = fast_options();
+  o.queue_capacity = 3;
+  o.overflow = overflow_policy::reject;
+  hub h(o);
+  h.subscriptions().add(make_sub("s", server.url("/hook")));
+  h.publish(std::vector<event>(2, make_event()));
+  EXPECT_THROW(h.publish(std::vector<event>(2, make_event())), queue_full_error);
+  EXPECT_EQ(h.store().counts(std::chrono::system_clock::now()).pending, 2u);
+  EXPECT_EQ(h.publish(make_event()).message_ids.size(), 1u);
+  EXPECT_THROW(h.publish(make_event()), queue_full_error);
+  EXPECT_EQ(h.counters().rejected, 2u);
+  EXPECT_EQ(h.counters().messages, 3u);
+  h.stop(0ms);
+}
+
+TEST(hub, queue_full_with_block_waits_for_room) {
+  test_server server;
+  server.respond_always("/hook", response::slow(300ms));
+  auto o = fast_options();
+  o.queue_capacity = 1;
+  o.overflow = overflow_policy::block;
+  hub h(o);
+  h.subscriptions().add(make_sub("s", server.url("/hook")));
+  h.publish(make_event());
+  const auto t0 = steady::now();
+  h.publish(make_event());  // waits until the first is delivered
+  EXPECT_GE(steady::now() - t0, 200ms);
+  EXPECT_EQ(h.counters().delivered, 1u);
+  ASSERT_TRUE(h.wait_idle(10s));
+  EXPECT_EQ(h.counters().delivered, 2u);
+  EXPECT_EQ(h.counters().rejected, 0u);
+}
+
+TEST(hub, redeliver_and_recover_replay_dead_messages) {
+  test_server server;
+  server.respond_always("/hook", response::of(400));
+  hub h(fast_options());
+  h.subscriptions().add(make_sub("s", server.url("/hook")));
+  const auto t0 = std::chrono::system_clock::now() - 1s;
+  const auto first = h.publish(make_event()).message_ids.at(0);
+  ASSERT_TRUE(h.wait_idle(10s));
+  ASSERT_EQ(h.store().get(first)->status, message_status::dead);
+  server.respond_always("/hook", response::of(200));
+  EXPECT_TRUE(h.redeliver(first));
+  EXPECT_FALSE(h.redeliver("msg_unknown"));
+  ASSERT_TRUE(h.wait_idle(10s));
+  EXPECT_EQ(h.store().get(first)->status, message_status::delivered);
+
+  server.respond_always("/hook", response::of(400));
+  h.publish(std::vector<event>(3, make_event()));
+  ASSERT_TRUE(h.wait_idle(10s));
+  message_query dead;
+  dead.status = message_status::dead;
+  ASSERT_EQ(h.store().query(dead).size(), 3u);
+  server.respond_always("/hook", response::of(200));
+  EXPECT_EQ(h.recover("s", t0), 3u);
+  ASSERT_TRUE(h.wait_idle(10s));
+  EXPECT_TRUE(h.store().query(dead).empty());
+  EXPECT_EQ(server.request_count("/hook"), 2u + 6u);
+}
+
+TEST(hub, publish_only_hub_enqueues_and_a_dispatching_hub_delivers_from_the_same_store) {
+  test_server server;
+  auto store = make_store("memory:");
+  std::vector<std::string> ids;
+  {
+    auto o = publish_only();
+    o.store_instance = store;
+    hub h(o);
+    h.subscriptions().add(make_sub("s", server.url("/hook")));
+    ids = h.publish(std::vector<event>(5, make_event())).message_ids;
+    EXPECT_FALSE(h.wait_idle(50ms));
+  }
+  EXPECT_EQ(server.request_count(), 0u);
+  EXPECT_EQ(store->counts(std::chrono::system_clock::now()).pending, 5u);
+  auto o = fast_options();
+  o.store_instance = store;
+  hub h(o);
+  // The dispatcher claims nothing while the registry is empty, so the pending messages are not
+  // declared dead before the subscription is there.
+  EXPECT_FALSE(h.wait_idle(200ms));
+  EXPECT_EQ(store->counts(std::chrono::system_clock::now()).dead, 0u);
+  h.subscriptions().add(make_sub("s", server.url("/hook")));
+  ASSERT_TRUE(h.wait_idle(10s));
+  EXPECT_EQ(server.request_count("/hook"), 5u);
+  for (const auto& id : ids) EXPECT_EQ(store->get(id)->status, message_status::delivered);
+}
+
+TEST(hub, a_saved_disabled_state_survives_into_a_new_hub) {
+  auto store = make_store("memory:");
+  store->save_state({"s", true, "HTTP 410 Gone", std::nullopt});
+  auto o = publish_only();
+  o.store_instance = store;
+  hub h(o);
+  h.subscriptions().add(make_sub("s", "https://a.example.com/in"));
+  EXPECT_TRUE(h.publish(make_event()).message_ids.empty());
+  EXPECT_FALSE(h.subscriptions().get("s")->enabled);
+  // The host may enable it again, and then it fires.
+  h.subscriptions().set_enabled("s", true);
+  EXPECT_EQ(h.publish(make_event()).message_ids.size(), 1u);
+}
+
+TEST(hub, concurrent_publishers_get_every_message_delivered_once) {
+  test_server server;
+  auto o = fast_options();
+  o.delivery.endpoint_concurrency = 8;
+  hub h(o);
+  h.subscriptions().add(make_sub("s", server.url("/hook")));
+  std::vector<std::thread> threads;
+  for (int t = 0; t < 4; ++t)
+    threads.emplace_back([&] {
+      for (int i = 0; i < 50; ++i) h.publish(make_event());
+    });
+  for (auto& t : threads) t.join();
+  ASSERT_TRUE(h.wait_idle(20s));
+  auto reqs = server.requests("/hook");
+  ASSERT_EQ(reqs.size(), 200u);
+  std::set<std::string> ids;
+  for (const auto& r : reqs) ids.insert(*r.header("webhook-id"));
+  EXPECT_EQ(ids.size(), 200u);
+  EXPECT_EQ(h.counters().delivered, 200u);
+}
+
+TEST(hub, stop_is_idempotent_and_destruction_is_prompt_with_requests_in_flight) {
+  test_server server;
+  server.respond_always("/hook", response::slow(10s));
+  auto store = make_store("memory:");
+  const auto t0 = steady::now();
+  {
+    auto o = fast_options();
+    o.store_instance = store;
+    hub h(o);
+    h.subscriptions().add(make_sub("s", server.url("/hook")));
+    h.publish(std::vector<event>(3, make_event()));
+    ASSERT_TRUE(server.wait_for_requests("/hook", 3, 10s));
+  }
+  EXPECT_LT(steady::now() - t0, 3s);
+  const auto c = store->counts(std::chrono::system_clock::now());
+  EXPECT_EQ(c.pending, 3u);
+  EXPECT_EQ(c.in_flight, 0u);
+  hub h(fast_options());
+  h.stop();
+  h.stop();
+  EXPECT_THROW(h.publish(make_event()), error);
+  EXPECT_THROW(h.fire("s", make_event()), error);
+}
+
+TEST(hub, an_unknown_store_uri_is_an_error) {
+  auto o = fast_options();
+  o.store = "carrier-pigeon:";
+  EXPECT_THROW(hub{o}, error);
+}
+
+TEST(hub, wait_idle_is_true_at_once_without_work) {
+  hub h(fast_options());
+  const auto t0 = steady::now();
+  EXPECT_TRUE(h.wait_idle(5s));
+  EXPECT_LT(steady::now() - t0, 1s);
+}

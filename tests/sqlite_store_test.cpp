@@ -1,0 +1,234 @@
+// SQLite store specifics: durability across reopen, group commit, lease recovery after a dead
+// predecessor, migrations, configuration errors.
+#include <gtest/gtest.h>
+#include <sqlite3.h>
+
+#include <atomic>
+#include <chrono>
+#include <set>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "hookline/error.hpp"
+#include "hookline/store.hpp"
+#include "store_test_util.hpp"
+#include "stores/sqlite_store.hpp"
+
+namespace hookline {
+namespace {
+
+using namespace std::chrono_literals;
+using test::make_attempt;
+using test::make_message;
+
+std::int64_t scalar(const std::string& path, const std::string& sql) {
+  sqlite3* db = nullptr;
+  EXPECT_EQ(sqlite3_open_v2(path.c_str(), &db, SQLITE_OPEN_READONLY, nullptr), SQLITE_OK);
+  sqlite3_stmt* s = nullptr;
+  EXPECT_EQ(sqlite3_prepare_v2(db, sql.c_str(), -1, &s, nullptr), SQLITE_OK) << sqlite3_errmsg(db);
+  std::int64_t v = -1;
+  if (sqlite3_step(s) == SQLITE_ROW) v = sqlite3_column_int64(s, 0);
+  sqlite3_finalize(s);
+  sqlite3_close(db);
+  return v;
+}
+
+claim_request claim_at(time_point now, std::string worker = "w1", std::size_t max = 64) {
+  claim_request r;
+  r.now = now;
+  r.max = max;
+  r.lease = 60s;
+  r.worker_id = std::move(worker);
+  return r;
+}
+
+class sqlite_store : public ::testing::Test {
+ protected:
+  std::shared_ptr<delivery_store> open(store_options o = {}) {
+    return make_store("sqlite:" + path_, o);
+  }
+  test::temp_dir dir_;
+  const std::string path_ = dir_.file("outbox.db");
+  const time_point t0_ = std::chrono::system_clock::now();
+};
+
+TEST_F(sqlite_store, messages_attempts_state_and_stats_survive_a_reopen) {
+  {
+    auto s = open();
+    std::vector<message> b{make_message("a", "s1", t0_), make_message("b", "s1", t0_ + 1s),
+                           make_message("c", "s2", t0_)};
+    s->enqueue(b);
+    auto claimed = s->claim(claim_at(t0_));
+    ASSERT_EQ(claimed.size(), 2u);
+    s->reschedule("a", t0_ + 1min, make_attempt(claimed[0], 1, 503, t0_, false));
+    s->complete("c", make_attempt(claimed[1], 1, 200, t0_, true));
+    s->save_state({"s2", true, "HTTP 410 Gone", t0_});
+  }
+  auto s = open();
+  auto a = s->get("a");
+  ASSERT_TRUE(a.has_value());
+  EXPECT_EQ(a->status, message_status::pending);
+  EXPECT_EQ(a->attempts, 1);
+  EXPECT_EQ(a->next_attempt_at, t0_ + 1min);
+  EXPECT_EQ(s->get("c")->status, message_status::delivered);
+  EXPECT_EQ(s->get("b")->body, make_message("b", "s1", t0_).body);
+  EXPECT_EQ(s->attempts({}).size(), 2u);
+  EXPECT_EQ(s->stats("s1").status_5xx, 1u);
+  EXPECT_EQ(s->stats("s2").status_2xx, 1u);
+  auto states = s->load_states();
+  ASSERT_EQ(states.size(), 1u);
+  EXPECT_TRUE(states[0].disabled);
+  EXPECT_EQ(states[0].failing_since, t0_);
+  // Sequences keep growing after a reopen.
+  std::vector<message> more{make_message("d", "s1", t0_)};
+  s->enqueue(more);
+  EXPECT_GT(more[0].sequence, s->get("b")->sequence);
+}
+
+TEST_F(sqlite_store, enqueue_is_committed_when_it_returns) {
+  auto s = open();
+  std::vector<message> b{make_message("a", "s1", t0_), make_message("b", "s1", t0_)};
+  s->enqueue(b);
+  // Another connection, as another process would see the file.
+  EXPECT_EQ(scalar(path_, "SELECT count(*) FROM messages"), 2);
+}
+
+TEST_F(sqlite_store, concurrent_enqueues_share_commits) {
+  auto s = open();
+  const auto before = detail::sqlite_store_commits(*s);
+  constexpr int threads = 8, per_thread = 40;
+  std::atomic<int> go{0};
+  std::vector<std::thread> pool;
+  for (int t = 0; t < threads; ++t) {
+    pool.emplace_back([&, t] {
+      go.fetch_add(1);
+      while (go.load() < threads) std::this_thread::yield();
+      for (int i = 0; i < per_thread; ++i) {
+        std::vector<message> b{
+            make_message("m" + std::to_string(t) + "-" + std::to_string(i), "s1", t0_)};
+        s->enqueue(b);
+      }
+    });
+  }
+  for (auto& t : pool) t.join();
+  const auto commits = detail::sqlite_store_commits(*s) - before;
+  EXPECT_EQ(s->counts(t0_).pending, static_cast<std::size_t>(threads * per_thread));
+  // Every enqueue waited for a commit (and an fsync); with 8 publishers most commits carry
+  // several of them.
+  EXPECT_LT(commits, static_cast<std::uint64_t>(threads * per_thread) * 3 / 4)
+      << commits << " commits for " << threads * per_thread << " enqueues";
+}
+
+TEST_F(sqlite_store, restart_releases_the_leases_of_a_dead_predecessor) {
+  {
+    auto first = open();
+    std::vector<message> b{make_message("a", "s1", t0_), make_message("b", "s1", t0_)};
+    first->enqueue(b);
+    ASSERT_EQ(first->claim(claim_at(t0_, "old-worker")).size(), 2u);
+    // Gone without releasing its leases, like a killed process (the kernel drops its lock).
+  }
+  auto second = open();
+  EXPECT_TRUE(detail::sqlite_store_released_stale_leases(*second));
+  auto again = second->claim(claim_at(t0_ + 1s, "new-worker"));
+  EXPECT_EQ(again.size(), 2u);
+}
+
+TEST_F(sqlite_store, leases_of_a_live_process_are_kept) {
+  auto first = open();
+  std::vector<message> b{make_message("a", "s1", t0_)};
+  first->enqueue(b);
+  ASSERT_EQ(first->claim(claim_at(t0_, "live-worker")).size(), 1u);
+  // Another process opening the same file while the first one runs (e.g. `hookline publish`).
+  auto second = open();
+  EXPECT_FALSE(detail::sqlite_store_released_stale_leases(*second));
+  EXPECT_TRUE(second->claim(claim_at(t0_ + 1s, "other")).empty());
+  EXPECT_EQ(second->counts(t0_ + 1s).in_flight, 1u);
+}
+
+TEST_F(sqlite_store, migration_version_and_wal_mode_are_recorded) {
+  { auto s = open(); }
+  { auto s = open(); }  // a second open applies nothing again
+  EXPECT_EQ(scalar(path_, "SELECT max(version) FROM schema_version"),
+            detail::sqlite_schema_version);
+  EXPECT_EQ(scalar(path_, "SELECT count(*) FROM schema_version"), detail::sqlite_schema_version);
+  sqlite3* db = nullptr;
+  ASSERT_EQ(sqlite3_open(path_.c_str(), &db), SQLITE_OK);
+  sqlite3_stmt* st = nullptr;
+  ASSERT_EQ(sqlite3_prepare_v2(db, "PRAGMA journal_mode", -1, &st, nullptr), SQLITE_OK);
+  ASSERT_EQ(sqlite3_step(st), SQLITE_ROW);
+  EXPECT_STREQ(reinterpret_cast<const char*>(sqlite3_column_text(st, 0)), "wal");
+  sqlite3_finalize(st);
+  sqlite3_close(db);
+}
+
+TEST_F(sqlite_store, refuses_a_file_from_a_newer_version) {
+  { auto s = open(); }
+  sqlite3* db = nullptr;
+  ASSERT_EQ(sqlite3_open(path_.c_str(), &db), SQLITE_OK);
+  ASSERT_EQ(sqlite3_exec(db, "INSERT INTO schema_version VALUES(99, 0)", nullptr, nullptr, nullptr),
+            SQLITE_OK);
+  sqlite3_close(db);
+  try {
+    open();
+    FAIL() << "expected hookline::error";
+  } catch (const error& e) {
+    EXPECT_NE(std::string(e.what()).find("schema version 99"), std::string::npos) << e.what();
+  }
+}
+
+TEST_F(sqlite_store, refuses_a_lease_not_longer_than_the_request_timeout) {
+  store_options o;
+  o.request_timeout = 15s;
+  auto s = open(o);
+  auto r = claim_at(t0_);
+  r.lease = 15s;
+  EXPECT_THROW(s->claim(r), error);
+  r.lease = 16s;
+  EXPECT_NO_THROW(s->claim(r));
+}
+
+TEST_F(sqlite_store, bad_locations_and_options_are_named_in_the_error) {
+  try {
+    make_store("sqlite:" + path_ + "?synchronous=sometimes");
+    FAIL() << "expected hookline::error";
+  } catch (const error& e) {
+    EXPECT_NE(std::string(e.what()).find("synchronous"), std::string::npos) << e.what();
+    EXPECT_NE(std::string(e.what()).find("sometimes"), std::string::npos) << e.what();
+  }
+  EXPECT_THROW(make_store("sqlite::memory:"), error);
+  EXPECT_THROW(make_store("sqlite:" + dir_.file("no/such/dir/x.db")), error);
+  auto normal = make_store("sqlite:" + path_ + "?synchronous=normal");
+  std::vector<message> b{make_message("a", "s1", t0_)};
+  normal->enqueue(b);
+  EXPECT_TRUE(normal->get("a").has_value());
+}
+
+TEST_F(sqlite_store, retention_prunes_old_delivered_messages_at_open) {
+  const time_point old = t0_ - 3h;
+  {
+    store_options keep;
+    keep.retention = std::chrono::hours(0);  // no pruning while the data is set up
+    auto s = open(keep);
+    std::vector<message> b{make_message("old", "s1", old), make_message("dead", "s1", old)};
+    s->enqueue(b);
+    auto claimed = s->claim(claim_at(old));
+    s->complete("old", make_attempt(claimed[0], 1, 200, old, true));
+    s->dead_letter("dead", "gave up", nullptr);
+  }
+  store_options o;
+  o.retention = 1h;
+  auto s = open(o);
+  const auto deadline = std::chrono::steady_clock::now() + 10s;
+  // Messages go first, then attempts: wait for both.
+  while ((s->get("old").has_value() || !s->attempts({}).empty()) &&
+         std::chrono::steady_clock::now() < deadline) {
+    std::this_thread::sleep_for(10ms);
+  }
+  EXPECT_FALSE(s->get("old").has_value());
+  EXPECT_TRUE(s->get("dead").has_value());
+  EXPECT_TRUE(s->attempts({}).empty());
+}
+
+}  // namespace
+}  // namespace hookline
