@@ -1,9 +1,6 @@
 // Runs the real `hookline` binary against the loopback test server and checks its output and
 // exit codes (docs/cli.md).
-#include <fcntl.h>
-#include <poll.h>
 #include <signal.h>
-#include <sys/wait.h>
 #include <unistd.h>
 
 #include <atomic>
@@ -11,7 +8,6 @@
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
-#include <functional>
 #include <set>
 #include <sstream>
 #include <string>
@@ -21,112 +17,24 @@
 #include <gtest/gtest.h>
 #include <nlohmann/json.hpp>
 
+#include "support/process.hpp"
 #include "support/test_server.hpp"
 
 namespace {
 
 namespace fs = std::filesystem;
 using json = nlohmann::json;
+using hookline::test::bin_dir;
 using hookline::test::response;
+using hookline::test::run;
+using hookline::test::run_result;
 using hookline::test::test_server;
 using namespace std::chrono_literals;
 
 const char* const reference_secret = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
 
-std::string bin_dir() {
-  if (const char* d = std::getenv("HOOKLINE_BIN_DIR"); d && *d) return d;
-  return HOOKLINE_BINARY_DIR "/bin";
-}
-
 std::string hookline_bin() {
   return bin_dir() + "/hookline";
-}
-
-struct run_result {
-  int code = -1;
-  std::string out;
-  std::string err;
-
-  // The last non-empty stdout line as JSON (the summary line).
-  json summary() const {
-    std::istringstream in(out);
-    std::string line, last;
-    while (std::getline(in, line)) {
-      if (!line.empty()) last = line;
-    }
-    return json::parse(last);
-  }
-};
-
-// Runs the program with `input` on stdin; kills it after `timeout`.
-run_result run(std::vector<std::string> args, const std::string& input = "",
-               std::chrono::seconds timeout = 60s, const std::function<void(pid_t)>& started = {}) {
-  int in[2], out[2], err[2];
-  if (pipe(in) != 0 || pipe(out) != 0 || pipe(err) != 0) throw std::runtime_error("pipe");
-  const pid_t pid = fork();
-  if (pid == 0) {
-    dup2(in[0], 0);
-    dup2(out[1], 1);
-    dup2(err[1], 2);
-    for (int fd : {in[0], in[1], out[0], out[1], err[0], err[1]}) close(fd);
-    std::vector<char*> argv;
-    for (auto& a : args) argv.push_back(a.data());
-    argv.push_back(nullptr);
-    execv(argv[0], argv.data());
-    _exit(127);
-  }
-  if (started) started(pid);
-  close(in[0]);
-  close(out[1]);
-  close(err[1]);
-  fcntl(in[1], F_SETFL, O_NONBLOCK);
-  run_result r;
-  std::size_t written = 0;
-  int stdin_fd = in[1];
-  if (input.empty()) {
-    close(stdin_fd);
-    stdin_fd = -1;
-  }
-  bool out_open = true, err_open = true;
-  const auto deadline = std::chrono::steady_clock::now() + timeout;
-  while (out_open || err_open) {
-    std::vector<pollfd> fds;
-    if (out_open) fds.push_back({out[0], POLLIN, 0});
-    if (err_open) fds.push_back({err[0], POLLIN, 0});
-    if (stdin_fd >= 0) fds.push_back({stdin_fd, POLLOUT, 0});
-    if (std::chrono::steady_clock::now() > deadline) {
-      kill(pid, SIGKILL);
-      break;
-    }
-    if (poll(fds.data(), fds.size(), 200) <= 0) continue;
-    for (const auto& p : fds) {
-      if (!p.revents) continue;
-      if (p.fd == stdin_fd) {
-        const auto n = write(stdin_fd, input.data() + written, input.size() - written);
-        if (n > 0) written += static_cast<std::size_t>(n);
-        if (n < 0 || written == input.size()) {
-          close(stdin_fd);
-          stdin_fd = -1;
-        }
-        continue;
-      }
-      char buf[65536];
-      const auto n = read(p.fd, buf, sizeof buf);
-      auto& target = p.fd == out[0] ? r.out : r.err;
-      if (n > 0) {
-        target.append(buf, static_cast<std::size_t>(n));
-      } else {
-        (p.fd == out[0] ? out_open : err_open) = false;
-      }
-    }
-  }
-  if (stdin_fd >= 0) close(stdin_fd);
-  close(out[0]);
-  close(err[0]);
-  int status = 0;
-  waitpid(pid, &status, 0);
-  r.code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
-  return r;
 }
 
 run_result hookline(std::vector<std::string> args, const std::string& input = "") {

@@ -1,7 +1,6 @@
 // Starts the example content server binary and drives its REST API end to end, with the
 // loopback test server as the webhook receiver.
 #include <httplib.h>
-#include <signal.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -9,9 +8,7 @@
 #include <chrono>
 #include <cstdlib>
 #include <filesystem>
-#include <fstream>
 #include <set>
-#include <sstream>
 #include <string>
 #include <thread>
 #include <vector>
@@ -19,88 +16,48 @@
 #include <gtest/gtest.h>
 #include <nlohmann/json.hpp>
 
+#include "support/process.hpp"
 #include "support/test_server.hpp"
 
 namespace {
 
 namespace fs = std::filesystem;
 using json = nlohmann::json;
+using hookline::test::bin_dir;
 using hookline::test::response;
 using hookline::test::test_server;
 using namespace std::chrono_literals;
 
-std::string bin_dir() {
-  if (const char* d = std::getenv("HOOKLINE_BIN_DIR"); d && *d) return d;
-  return HOOKLINE_BINARY_DIR "/bin";
-}
-
-std::string slurp(const std::string& path) {
-  std::ifstream in(path);
-  std::stringstream s;
-  s << in.rdbuf();
-  return s.str();
-}
-
-// The content server in the background; SIGTERM on destruction.
+// The content server in the background on a free port; SIGTERM on destruction.
 class server_process {
  public:
-  server_process(const std::string& dir, const std::string& store) {
-    const std::string port_file = dir + "/port";
-    fs::remove(port_file);
-    err_ = dir + "/stderr";
-    std::vector<std::string> args = {bin_dir() + "/content_server",
-                                     "--port",
-                                     "0",
-                                     "--port-file",
-                                     port_file,
-                                     "--store",
-                                     store,
-                                     "--allow-private",
-                                     "--retry-schedule",
-                                     "0.2,0.2",
-                                     "--quiet"};
-    pid_ = fork();
-    if (pid_ == 0) {
-      freopen((dir + "/stdout").c_str(), "w", stdout);
-      freopen(err_.c_str(), "w", stderr);
-      std::vector<char*> argv;
-      for (auto& a : args) argv.push_back(a.data());
-      argv.push_back(nullptr);
-      execv(argv[0], argv.data());
-      _exit(127);
-    }
-    for (int i = 0; i < 400 && port_ == 0; ++i) {
-      if (auto text = slurp(port_file); !text.empty())
-        port_ = std::stoi(text);
-      else
-        std::this_thread::sleep_for(25ms);
-    }
-  }
-  ~server_process() { stop(); }
-  int stop() {
-    if (pid_ <= 0) return code_;
-    kill(pid_, SIGTERM);
-    int status = 0;
-    for (int i = 0; i < 200; ++i) {
-      if (waitpid(pid_, &status, WNOHANG) == pid_) {
-        pid_ = 0;
-        return code_ = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
-      }
-      std::this_thread::sleep_for(50ms);
-    }
-    kill(pid_, SIGKILL);
-    waitpid(pid_, nullptr, 0);
-    pid_ = 0;
-    return code_ = -1;
+  server_process(const std::string& dir, const std::string& store)
+      : port_file_(dir + "/port"),
+        proc_(args(port_file_, store), dir + "/stdout", dir + "/stderr", 10s) {
+    port_ = hookline::test::wait_for_port_file(port_file_, 10s);
   }
   int port() const { return port_; }
-  std::string err() const { return slurp(err_); }
+  std::string err() const { return proc_.err(); }
 
  private:
-  pid_t pid_ = -1;
+  static std::vector<std::string> args(const std::string& port_file, const std::string& store) {
+    fs::remove(port_file);
+    return {bin_dir() + "/content_server",
+            "--port",
+            "0",
+            "--port-file",
+            port_file,
+            "--store",
+            store,
+            "--allow-private",
+            "--retry-schedule",
+            "0.2,0.2",
+            "--quiet"};
+  }
+
+  std::string port_file_;
+  hookline::test::background_process proc_;
   int port_ = 0;
-  int code_ = -1;
-  std::string err_;
 };
 
 class content_server : public ::testing::Test {

@@ -10,6 +10,7 @@
 #include "dispatcher/circuit_breaker.hpp"
 #include "dispatcher/request.hpp"
 #include "hookline/hookline.hpp"
+#include "support/fixtures.hpp"
 #include "support/test_server.hpp"
 
 using namespace std::chrono_literals;
@@ -21,32 +22,15 @@ using steady = std::chrono::steady_clock;
 namespace {
 
 subscription make_sub(std::string id, std::string url) {
-  subscription s;
-  s.id = std::move(id);
-  s.url = std::move(url);
-  s.filter.path = "/Root";
-  s.filter.content_types = {{"File", {"All"}}};
-  return s;
+  return test::make_subscription(std::move(id), std::move(url), "/Root");
 }
 
 event make_event(const std::string& name = "a.txt") {
-  event e;
-  e.event_name = "Create";
-  e.path = "/Root/Content/" + name;
-  e.content_type = "File";
-  e.name = name;
-  e.node_id = 42;
-  return e;
+  return test::make_content_event("Create", "/Root/Content", name, "File", 42);
 }
 
 options fast_options() {
-  options o;
-  o.delivery.allow_private_networks = true;
-  o.delivery.connect_timeout = 1s;
-  o.delivery.request_timeout = 3s;
-  o.delivery.retry.schedule = {50ms, 50ms, 50ms};
-  o.delivery.retry.jitter = 0;
-  return o;
+  return test::fast_options(3);
 }
 
 template <class F>

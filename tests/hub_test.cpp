@@ -10,6 +10,7 @@
 #include <spdlog/spdlog.h>
 
 #include "hookline/hookline.hpp"
+#include "support/fixtures.hpp"
 #include "support/test_server.hpp"
 
 using namespace std::chrono_literals;
@@ -21,32 +22,15 @@ using steady = std::chrono::steady_clock;
 namespace {
 
 subscription make_sub(std::string id, std::string url, std::string type = "File") {
-  subscription s;
-  s.id = std::move(id);
-  s.url = std::move(url);
-  s.filter.path = "/Root/Content";
-  s.filter.content_types = {{std::move(type), {"All"}}};
-  return s;
+  return test::make_subscription(std::move(id), std::move(url), "/Root/Content", std::move(type));
 }
 
 event make_event(std::string type = "File") {
-  event e;
-  e.event_name = "Modify";
-  e.path = "/Root/Content/Docs/a.txt";
-  e.content_type = std::move(type);
-  e.name = "a.txt";
-  e.node_id = 7;
-  return e;
+  return test::make_content_event("Modify", "/Root/Content/Docs", "a.txt", std::move(type), 7);
 }
 
 options fast_options() {
-  options o;
-  o.delivery.allow_private_networks = true;
-  o.delivery.connect_timeout = 1s;
-  o.delivery.request_timeout = 3s;
-  o.delivery.retry.schedule = {50ms, 50ms};
-  o.delivery.retry.jitter = 0;
-  return o;
+  return test::fast_options(2);
 }
 
 options publish_only() {

@@ -1,104 +1,27 @@
 // Runs the example receiver binary and checks what it answers and prints.
 #include <httplib.h>
-#include <signal.h>
-#include <sys/wait.h>
 #include <unistd.h>
 
 #include <chrono>
 #include <cstdlib>
 #include <filesystem>
-#include <fstream>
-#include <sstream>
 #include <string>
-#include <thread>
 #include <vector>
 
 #include <gtest/gtest.h>
 #include <hookline/hookline.hpp>
 
+#include "support/process.hpp"
+
 namespace {
 
 namespace fs = std::filesystem;
 using json = nlohmann::json;
+using hookline::test::background_process;
+using hookline::test::bin_dir;
 using namespace std::chrono_literals;
 
 const std::string secret = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
-
-std::string bin_dir() {
-  if (const char* d = std::getenv("HOOKLINE_BIN_DIR"); d && *d) return d;
-  return HOOKLINE_BINARY_DIR "/bin";
-}
-
-std::string slurp(const std::string& path) {
-  std::ifstream in(path);
-  std::stringstream s;
-  s << in.rdbuf();
-  return s.str();
-}
-
-// A program started in the background with stdout/stderr in files; stopped with SIGTERM.
-class process {
- public:
-  process(std::vector<std::string> args, const std::string& dir) {
-    out_ = dir + "/stdout";
-    err_ = dir + "/stderr";
-    pid_ = fork();
-    if (pid_ == 0) {
-      freopen(out_.c_str(), "w", stdout);
-      freopen(err_.c_str(), "w", stderr);
-      std::vector<char*> argv;
-      for (auto& a : args) argv.push_back(a.data());
-      argv.push_back(nullptr);
-      execv(argv[0], argv.data());
-      _exit(127);
-    }
-  }
-  ~process() {
-    if (pid_ > 0) stop();
-  }
-  // SIGTERM, then the exit code (-1 if it had to be killed or died of a signal).
-  int stop() {
-    if (pid_ <= 0) return code_;
-    kill(pid_, SIGTERM);
-    for (int i = 0; i < 100; ++i) {
-      int status = 0;
-      if (waitpid(pid_, &status, WNOHANG) == pid_) {
-        pid_ = 0;
-        return code_ = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
-      }
-      std::this_thread::sleep_for(50ms);
-    }
-    kill(pid_, SIGKILL);
-    waitpid(pid_, nullptr, 0);
-    pid_ = 0;
-    return code_ = -1;
-  }
-  // Waits for it to exit on its own.
-  int wait() {
-    int status = 0;
-    waitpid(pid_, &status, 0);
-    pid_ = 0;
-    return code_ = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
-  }
-  std::string out() const { return slurp(out_); }
-  std::string err() const { return slurp(err_); }
-
- private:
-  pid_t pid_ = -1;
-  int code_ = -1;
-  std::string out_, err_;
-};
-
-int wait_for_port(const std::string& port_file) {
-  for (int i = 0; i < 200; ++i) {
-    if (fs::exists(port_file)) {
-      const auto text = slurp(port_file);
-      if (!text.empty()) return std::stoi(text);
-    }
-    std::this_thread::sleep_for(25ms);
-  }
-  return 0;
-}
 
 class receiver : public ::testing::Test {
  protected:
@@ -116,8 +39,8 @@ class receiver : public ::testing::Test {
     std::vector<std::string> args = {bin_dir() + "/receiver", "--port", "0", "--port-file",
                                      dir_ + "/port"};
     args.insert(args.end(), extra.begin(), extra.end());
-    proc_ = std::make_unique<process>(args, dir_);
-    port_ = wait_for_port(dir_ + "/port");
+    proc_ = std::make_unique<background_process>(args, dir_ + "/stdout", dir_ + "/stderr");
+    port_ = hookline::test::wait_for_port_file(dir_ + "/port", 5s);
     ASSERT_GT(port_, 0) << proc_->err();
     client_ = std::make_unique<httplib::Client>("127.0.0.1", port_);
   }
@@ -140,7 +63,7 @@ class receiver : public ::testing::Test {
   }
 
   std::string dir_;
-  std::unique_ptr<process> proc_;
+  std::unique_ptr<background_process> proc_;
   int port_ = 0;
   std::unique_ptr<httplib::Client> client_;
 };
@@ -230,10 +153,12 @@ TEST_F(receiver, fail_rate_one_and_delay_simulate_a_slow_failing_endpoint) {
 }
 
 TEST_F(receiver, bad_arguments_exit_2) {
-  process p({bin_dir() + "/receiver", "--port", "0", "--fail-rate", "2"}, dir_);
+  background_process p({bin_dir() + "/receiver", "--port", "0", "--fail-rate", "2"},
+                       dir_ + "/stdout", dir_ + "/stderr");
   EXPECT_EQ(p.wait(), 2);
   EXPECT_NE(p.err().find("--fail-rate"), std::string::npos);
-  process q({bin_dir() + "/receiver", "--port", "0", "--secret", "not-a-secret"}, dir_);
+  background_process q({bin_dir() + "/receiver", "--port", "0", "--secret", "not-a-secret"},
+                       dir_ + "/stdout", dir_ + "/stderr");
   EXPECT_EQ(q.wait(), 2);
   EXPECT_NE(q.err().find("--secret"), std::string::npos);
 }

@@ -12,15 +12,15 @@
 #include <condition_variable>
 #include <cstdlib>
 #include <filesystem>
-#include <fstream>
 #include <iostream>
 #include <map>
 #include <mutex>
-#include <thread>
 
 #include <spdlog/sinks/stdout_sinks.h>
 
 #include "content_tree.hpp"
+
+#include "../common/serve.hpp"
 
 namespace {
 
@@ -741,34 +741,13 @@ int main(int argc, char** argv) {
         reply(res, 500, {{"error", what}});
       });
 
-  int port = s.port;
-  if (port == 0) {
-    port = server.bind_to_any_port(s.host);
-  } else if (!server.bind_to_port(s.host, port)) {
-    port = -1;
-  }
-  if (port <= 0) {
-    std::cerr << "content_server: cannot listen on " << s.host << ":" << s.port << "\n";
-    return 1;
-  }
-  if (!s.port_file.empty()) {
-    const std::string tmp = s.port_file + ".tmp";
-    std::ofstream(tmp) << port << "\n";
-    std::rename(tmp.c_str(), s.port_file.c_str());
-  }
+  const int port = hookline::examples::bind_server(server, "content_server", s.host, s.port);
+  if (port <= 0) return 1;
+  hookline::examples::write_port_file(s.port_file, port);
   std::cout << "content server listening on http://" << s.host << ":" << port << " (store "
             << s.store << ")" << std::endl;
 
-  std::atomic<bool> stopping{false};
-  std::thread stopper([&] {
-    int sig = 0;
-    sigwait(&stop_signals, &sig);
-    stopping = true;
-    server.stop();
-  });
-  server.listen_after_bind();
-  if (!stopping) ::kill(::getpid(), SIGTERM);
-  stopper.join();
+  hookline::examples::serve_until_signalled(server, stop_signals);
   hub.stop(std::chrono::seconds(5));
   return 0;
 }

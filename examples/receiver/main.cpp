@@ -9,7 +9,6 @@
 #include <cstdio>
 #include <cstdlib>
 #include <deque>
-#include <fstream>
 #include <iostream>
 #include <mutex>
 #include <random>
@@ -19,6 +18,8 @@
 #include <vector>
 
 #include <hookline/hookline.hpp>
+
+#include "../common/serve.hpp"
 
 namespace {
 
@@ -276,33 +277,11 @@ int main(int argc, char** argv) {
   server.Delete(any, handle);
   server.Get(any, handle);
 
-  int port = s.port;
-  if (port == 0) {
-    port = server.bind_to_any_port(s.host);
-  } else if (!server.bind_to_port(s.host, port)) {
-    port = -1;
-  }
-  if (port <= 0) {
-    std::cerr << "receiver: cannot listen on " << s.host << ":" << s.port << "\n";
-    return 1;
-  }
-  if (!s.port_file.empty()) {
-    const std::string tmp = s.port_file + ".tmp";
-    std::ofstream(tmp) << port << "\n";
-    std::rename(tmp.c_str(), s.port_file.c_str());
-  }
+  const int port = hookline::examples::bind_server(server, "receiver", s.host, s.port);
+  if (port <= 0) return 1;
+  hookline::examples::write_port_file(s.port_file, port);
   std::cout << "listening on http://" << s.host << ":" << port << std::endl;
 
-  std::atomic<bool> stopping{false};
-  std::thread stopper([&] {
-    int sig = 0;
-    sigwait(&stop_signals, &sig);
-    stopping = true;
-    server.stop();
-  });
-  server.listen_after_bind();
-  // The listener can also end on its own (an accept error): wake the stopper so it exits.
-  if (!stopping) ::kill(::getpid(), SIGTERM);
-  stopper.join();
+  hookline::examples::serve_until_signalled(server, stop_signals);
   return 0;
 }
