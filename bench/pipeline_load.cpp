@@ -5,6 +5,7 @@
 //
 // Usage: pipeline_load --url http://127.0.0.1:PORT/hook [--messages N] [--concurrency K]
 //                      [--pairs P] [--work DIR]
+//                      [--only memory]
 // With HOOKLINE_BENCH_PG set (a libpq conninfo) it also measures the PostgreSQL store with one and
 // two workers. scripts/bench.sh starts nginx and PostgreSQL and runs it.
 #include <curl/curl.h>
@@ -38,6 +39,7 @@ struct config {
   std::size_t concurrency = 64;
   std::size_t pairs = 5;
   std::string work = "/tmp";
+  std::string only;  ///< "memory": only the memory store vs raw loop pairs (for quick iteration)
 };
 
 double seconds_since(clock_type::time_point t0) {
@@ -55,7 +57,16 @@ std::string sample_body() {
   return body;
 }
 
-size_t discard(char*, size_t size, size_t n, void*) { return size * n; }
+double cpu_seconds() {
+  rusage u{};
+  getrusage(RUSAGE_SELF, &u);
+  return static_cast<double>(u.ru_utime.tv_sec + u.ru_stime.tv_sec) +
+         static_cast<double>(u.ru_utime.tv_usec + u.ru_stime.tv_usec) / 1e6;
+}
+
+size_t discard(char*, size_t size, size_t n, void*) {
+  return size * n;
+}
 
 // The yardstick: curl_multi_perform + curl_multi_poll keeping `k` POSTs in flight, reusing easy
 // handles and connections. Returns messages per second.
@@ -221,7 +232,8 @@ void latency(const config& cfg) {
     auto now = clock_type::now();
     std::lock_guard lock(m);
     auto it = sent.find(msg.id);
-    if (it != sent.end()) lat.push_back(std::chrono::duration<double, std::micro>(now - it->second).count());
+    if (it != sent.end())
+      lat.push_back(std::chrono::duration<double, std::micro>(now - it->second).count());
     cv.notify_all();
   };
   hookline::hub hub(opts);
@@ -249,13 +261,6 @@ long rss_bytes() {
   long pages = 0, resident = 0;
   f >> pages >> resident;
   return resident * sysconf(_SC_PAGESIZE);
-}
-
-double cpu_seconds() {
-  rusage u{};
-  getrusage(RUSAGE_SELF, &u);
-  return static_cast<double>(u.ru_utime.tv_sec + u.ru_stime.tv_sec) +
-         static_cast<double>(u.ru_utime.tv_usec + u.ru_stime.tv_usec) / 1e6;
 }
 
 // 1,000,000 messages waiting for a retry an hour from now: memory per message beyond its body,
@@ -377,11 +382,18 @@ int main(int argc, char** argv) {
   config cfg;
   for (int i = 1; i + 1 < argc; i += 2) {
     std::string k = argv[i], v = argv[i + 1];
-    if (k == "--url") cfg.url = v;
-    else if (k == "--messages") cfg.messages = std::stoul(v);
-    else if (k == "--concurrency") cfg.concurrency = std::stoul(v);
-    else if (k == "--pairs") cfg.pairs = std::stoul(v);
-    else if (k == "--work") cfg.work = v;
+    if (k == "--url")
+      cfg.url = v;
+    else if (k == "--messages")
+      cfg.messages = std::stoul(v);
+    else if (k == "--concurrency")
+      cfg.concurrency = std::stoul(v);
+    else if (k == "--pairs")
+      cfg.pairs = std::stoul(v);
+    else if (k == "--work")
+      cfg.work = v;
+    else if (k == "--only")
+      cfg.only = v;
     else {
       std::cerr << "unknown option " << k << "\n";
       return 2;
@@ -396,12 +408,29 @@ int main(int argc, char** argv) {
   std::printf("pipeline_load: %zu messages per sample, concurrency %zu, %zu pairs, receiver %s\n",
               cfg.messages, cfg.concurrency, cfg.pairs, cfg.url.c_str());
 
-  std::vector<double> raw, mem, raw2, lite;
+  std::vector<double> raw, mem, raw2, lite, raw_cpu, mem_cpu;
+  // CPU per message (all threads of this process) is steadier than rates on a shared machine:
+  // it says how much of a core each message costs whatever else is running.
+  auto cpu_us = [&](double c0) { return (cpu_seconds() - c0) * 1e6 / double(cfg.messages); };
   for (std::size_t p = 0; p < cfg.pairs; ++p) {
+    double c0 = cpu_seconds();
     raw.push_back(raw_loop(cfg, body));
+    raw_cpu.push_back(cpu_us(c0));
+    c0 = cpu_seconds();
     mem.push_back(pipeline(cfg, "memory:"));
+    mem_cpu.push_back(cpu_us(c0));
   }
   report("memory store vs raw loop", raw, mem);
+  {
+    auto a = summarize(raw_cpu);
+    auto b = summarize(mem_cpu);
+    std::printf("%-28s raw %.1f us (%.1f-%.1f)  hookline %.1f us (%.1f-%.1f)\n", "CPU per message",
+                a.median, a.min, a.max, b.median, b.min, b.max);
+  }
+  if (cfg.only == "memory") {
+    curl_global_cleanup();
+    return 0;
+  }
   auto db = std::filesystem::path(cfg.work) / "pipeline.db";
   for (std::size_t p = 0; p < cfg.pairs; ++p) {
     std::filesystem::remove(db);

@@ -5,6 +5,10 @@ function(hookline_target_settings target)
     if(HOOKLINE_WERROR)
       target_compile_options(${target} PRIVATE -Werror)
     endif()
+    if(CMAKE_CXX_COMPILER_ID STREQUAL "GNU" AND CMAKE_CXX_COMPILER_VERSION VERSION_LESS 13)
+      # GCC 12 reports false -Wrestrict positives inside std::string at -O3 (GCC bug 105329).
+      target_compile_options(${target} PRIVATE -Wno-restrict)
+    endif()
     if(HOOKLINE_SANITIZE)
       target_compile_options(${target} PRIVATE -fsanitize=address,undefined -fno-omit-frame-pointer
                                                -fno-sanitize-recover=undefined)

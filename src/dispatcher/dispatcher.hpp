@@ -110,6 +110,7 @@ class dispatcher {
   dispatcher_context ctx_;
   std::chrono::milliseconds lease_;
   std::size_t queue_cap_;
+  circuit_breaker_options breaker_options_;
   std::unique_ptr<transport> transport_;
 
   // Shared with other threads. Held by shared_ptr so that a clock's wake callback, which may

@@ -222,8 +222,11 @@ class transport::impl {
       std::lock_guard lock(mutex_);
       in_flight_.fetch_add(1, std::memory_order_relaxed);
       if (!stopping_) {
+        // The loop takes the whole queue at once, so a wake is only owed when the queue was
+        // empty: one eventfd write per burst, not per request (system calls are dear).
+        const bool was_empty = queue_.empty();
         queue_.push_back(std::move(req));
-        wake();
+        if (was_empty) wake();
         return;
       }
     }
@@ -411,9 +414,16 @@ class transport::impl {
     t->guarded = options_.proxy.empty() && !guard_.allows_everything();
 
     std::string endpoint;
-    if (auto problem = precheck(*t, endpoint)) {
+    if (t->req.url == last_url_ && !last_endpoint_.empty() && precheck_headers(t->req)) {
+      // Same URL as the last request that passed: parsing it again would only repeat the answer.
+      endpoint = last_endpoint_;
+    } else if (auto problem = precheck(*t, endpoint)) {
       finish_early(std::move(t), problem->first, std::move(problem->second));
       return;
+    } else if (t->guarded || options_.proxy.empty() || guard_.allows_everything()) {
+      // Cacheable only when the verdict depends on the URL alone (no IP-literal check).
+      last_url_ = t->req.url;
+      last_endpoint_ = endpoint;
     }
     CURL* h = acquire();
     if (!h) {
@@ -440,18 +450,24 @@ class transport::impl {
   // injection, and (when a proxy hides the real peer from the connect-time guard) IP literals
   // that the guard refuses.
   // `endpoint` receives scheme://host:port, which picks the shard.
+  // The method and header checks alone; true when they pass.
+  static bool precheck_headers(const http_request& req) {
+    if (!is_token(req.method)) return false;
+    return std::all_of(req.headers.begin(), req.headers.end(), [](const std::string& hdr) {
+      return hdr.find_first_of(std::string_view("\r\n\0", 3)) == std::string::npos &&
+             hdr.find(':') != std::string::npos && hdr.front() != ':';
+    });
+  }
+
   std::optional<std::pair<error_kind, std::string>> precheck(const transfer& t,
                                                              std::string& endpoint) const {
     const auto& req = t.req;
     if (!is_token(req.method)) {
       return std::pair{error_kind::invalid, "invalid HTTP method \"" + req.method + "\""};
     }
-    for (const auto& hdr : req.headers) {
-      if (hdr.find_first_of(std::string_view("\r\n\0", 3)) != std::string::npos ||
-          hdr.find(':') == std::string::npos || hdr.front() == ':') {
-        return std::pair{error_kind::invalid, std::string("invalid header line (needs \"Name: "
-                                                          "value\" without CR, LF or NUL)")};
-      }
+    if (!precheck_headers(req)) {
+      return std::pair{error_kind::invalid, std::string("invalid header line (needs \"Name: "
+                                                        "value\" without CR, LF or NUL)")};
     }
     CURLU* u = curl_url();
     if (!u) return std::pair{error_kind::network, std::string("transport: out of memory")};
@@ -713,6 +729,9 @@ class transport::impl {
   std::vector<transfer*> active_;
   std::vector<CURL*> free_handles_;
   std::deque<http_request> incoming_;
+  // The last URL that passed precheck and its endpoint key (most traffic repeats a URL).
+  std::string last_url_;
+  std::string last_endpoint_;
   int epoll_fd_ = -1;
   int wake_fd_ = -1;
 };
