@@ -23,6 +23,7 @@
 #include <iostream>
 #include <map>
 #include <mutex>
+#include <sstream>
 #include <string>
 #include <thread>
 #include <vector>
@@ -62,6 +63,42 @@ double cpu_seconds() {
   getrusage(RUSAGE_SELF, &u);
   return static_cast<double>(u.ru_utime.tv_sec + u.ru_stime.tv_sec) +
          static_cast<double>(u.ru_utime.tv_usec + u.ru_stime.tv_usec) / 1e6;
+}
+
+// What each thread of this process used so far, by thread name (threads of the same name are
+// summed): CPU seconds and context switches. Says where a message's CPU goes.
+struct thread_use {
+  double cpu = 0;
+  double switches = 0;  // voluntary + involuntary
+};
+
+std::map<std::string, thread_use> thread_usage() {
+  std::map<std::string, thread_use> out;
+  const double tick = static_cast<double>(sysconf(_SC_CLK_TCK));
+  for (const auto& task : std::filesystem::directory_iterator("/proc/self/task")) {
+    std::ifstream stat(task.path() / "stat");
+    std::string line;
+    std::getline(stat, line);
+    auto open = line.find('('), close = line.rfind(')');
+    if (open == std::string::npos || close == std::string::npos) continue;
+    std::string name = line.substr(open + 1, close - open - 1);
+    std::istringstream rest(line.substr(close + 2));
+    std::string field;
+    double utime = 0, stime = 0;
+    for (int i = 3; i <= 15 && rest >> field; ++i) {
+      if (i == 14) utime = std::stod(field);
+      if (i == 15) stime = std::stod(field);
+    }
+    auto& use = out[name];
+    use.cpu += (utime + stime) / tick;
+    std::ifstream status(task.path() / "status");
+    while (std::getline(status, line)) {
+      if (line.rfind("voluntary_ctxt_switches:", 0) == 0 ||
+          line.rfind("nonvoluntary_ctxt_switches:", 0) == 0)
+        use.switches += std::stod(line.substr(line.find(':') + 1));
+    }
+  }
+  return out;
 }
 
 size_t discard(char*, size_t size, size_t n, void*) {
@@ -157,7 +194,9 @@ hookline::options pipeline_options(const config& cfg, const std::string& store) 
 
 // Publishes cfg.messages events (one message each) and waits until all are delivered.
 // Returns messages per second, publish included.
-double pipeline(const config& cfg, const std::string& store) {
+// With `per_thread`, adds each thread's CPU (µs) and context switches per message to it.
+double pipeline(const config& cfg, const std::string& store,
+                std::map<std::string, thread_use>* per_thread = nullptr) {
   auto events = make_events(cfg.messages);
   std::mutex m;
   std::condition_variable cv;
@@ -171,6 +210,7 @@ double pipeline(const config& cfg, const std::string& store) {
   };
   hookline::hub hub(opts);
   hub.subscriptions().add(bench_subscription(cfg.url));
+  auto threads_before = thread_usage();
   auto t0 = clock_type::now();
   const std::size_t batch = 500;
   for (std::size_t i = 0; i < events.size(); i += batch) {
@@ -185,6 +225,13 @@ double pipeline(const config& cfg, const std::string& store) {
     }
   }
   double elapsed = seconds_since(t0);
+  if (per_thread) {
+    for (const auto& [name, use] : thread_usage()) {
+      auto& sum = (*per_thread)[name];
+      sum.cpu += (use.cpu - threads_before[name].cpu) * 1e6 / double(cfg.messages);
+      sum.switches += (use.switches - threads_before[name].switches) / double(cfg.messages);
+    }
+  }
   hub.stop();
   return static_cast<double>(cfg.messages) / elapsed;
 }
@@ -409,6 +456,7 @@ int main(int argc, char** argv) {
               cfg.messages, cfg.concurrency, cfg.pairs, cfg.url.c_str());
 
   std::vector<double> raw, mem, raw2, lite, raw_cpu, mem_cpu;
+  std::map<std::string, thread_use> mem_threads;
   // CPU per message (all threads of this process) is steadier than rates on a shared machine:
   // it says how much of a core each message costs whatever else is running.
   auto cpu_us = [&](double c0) { return (cpu_seconds() - c0) * 1e6 / double(cfg.messages); };
@@ -417,7 +465,7 @@ int main(int argc, char** argv) {
     raw.push_back(raw_loop(cfg, body));
     raw_cpu.push_back(cpu_us(c0));
     c0 = cpu_seconds();
-    mem.push_back(pipeline(cfg, "memory:"));
+    mem.push_back(pipeline(cfg, "memory:", &mem_threads));
     mem_cpu.push_back(cpu_us(c0));
   }
   report("memory store vs raw loop", raw, mem);
@@ -426,6 +474,12 @@ int main(int argc, char** argv) {
     auto b = summarize(mem_cpu);
     std::printf("%-28s raw %.1f us (%.1f-%.1f)  hookline %.1f us (%.1f-%.1f)\n", "CPU per message",
                 a.median, a.min, a.max, b.median, b.min, b.max);
+    std::printf("%-28s", "hookline by thread");
+    const double n = double(cfg.pairs);
+    for (const auto& [name, use] : mem_threads)
+      if (use.cpu / n >= 0.5)
+        std::printf("  %s %.1f us %.2f sw", name.c_str(), use.cpu / n, use.switches / n);
+    std::printf("  (CPU and context switches per message)\n");
   }
   if (cfg.only == "memory") {
     curl_global_cleanup();

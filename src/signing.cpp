@@ -1,8 +1,10 @@
 #include "hookline/signing.hpp"
 
+#include <openssl/core_names.h>
 #include <openssl/crypto.h>
 #include <openssl/evp.h>
 #include <openssl/hmac.h>
+#include <openssl/params.h>
 #include <openssl/rand.h>
 
 #include <algorithm>
@@ -13,6 +15,7 @@
 
 #include "base64.hpp"
 #include "hookline/error.hpp"
+#include "signer.hpp"
 
 namespace hookline {
 namespace {
@@ -97,20 +100,80 @@ std::string sign(std::string_view secret, std::string_view msg_id, std::int64_t 
 
 std::string signature_header(const std::vector<std::string>& secrets, std::string_view msg_id,
                              std::int64_t timestamp, std::string_view body) {
-  std::string out;
+  return detail::signer(secrets).header(msg_id, timestamp, body);
+}
+
+namespace detail {
+
+// An HMAC-SHA256 context keyed once; EVP_MAC_init without a key restarts it from the stored
+// inner and outer pads.
+struct signer::keyed {
+  EVP_MAC_CTX* ctx = nullptr;
+  keyed() = default;
+  keyed(const keyed&) = delete;
+  keyed& operator=(const keyed&) = delete;
+  ~keyed() { EVP_MAC_CTX_free(ctx); }
+};
+
+namespace {
+
+EVP_MAC* hmac_algorithm() {
+  // Fetched once for the process (OpenSSL keeps it alive until exit).
+  static EVP_MAC* const mac = EVP_MAC_fetch(nullptr, "HMAC", nullptr);
+  if (mac == nullptr) throw error("signing: OpenSSL has no HMAC");
+  return mac;
+}
+
+}  // namespace
+
+signer::signer(const std::vector<std::string>& secrets) {
   for (std::size_t i = 0; i < secrets.size(); ++i) {
     key_bytes key;
     if (auto reason = decode_secret(secrets[i], key); !reason.empty()) {
       throw error("signing secret " + std::to_string(i + 1) + " " + reason);
     }
-    const auto m = compute(key, msg_id, std::to_string(timestamp), body);
+    auto k = std::make_unique<keyed>();
+    k->ctx = EVP_MAC_CTX_new(hmac_algorithm());
+    char digest[] = "SHA256";
+    const OSSL_PARAM params[] = {OSSL_PARAM_construct_utf8_string(OSSL_MAC_PARAM_DIGEST, digest, 0),
+                                 OSSL_PARAM_END};
+    if (k->ctx == nullptr ||
+        EVP_MAC_init(k->ctx, reinterpret_cast<const unsigned char*>(key.bytes.data()),
+                     key.bytes.size(), params) != 1) {
+      throw error("signing: HMAC-SHA256 setup failed in OpenSSL");
+    }
+    keys_.push_back(std::move(k));
+  }
+}
+
+signer::~signer() = default;
+
+std::string signer::header(std::string_view msg_id, std::int64_t timestamp, std::string_view body) {
+  char ts[24];
+  const auto [end, ec] = std::to_chars(std::begin(ts), std::end(ts), timestamp);
+  const std::string_view ts_text(ts, static_cast<std::size_t>(end - ts));
+  const auto feed = [](EVP_MAC_CTX* c, std::string_view part) {
+    return EVP_MAC_update(c, reinterpret_cast<const unsigned char*>(part.data()), part.size());
+  };
+  std::string out;
+  out.reserve(keys_.size() * 48);
+  for (const auto& k : keys_) {
+    mac m{};
+    std::size_t len = 0;
+    if (EVP_MAC_init(k->ctx, nullptr, 0, nullptr) != 1 || feed(k->ctx, msg_id) != 1 ||
+        feed(k->ctx, ".") != 1 || feed(k->ctx, ts_text) != 1 || feed(k->ctx, ".") != 1 ||
+        feed(k->ctx, body) != 1 || EVP_MAC_final(k->ctx, m.data(), &len, m.size()) != 1 ||
+        len != mac_bytes) {
+      throw error("signing: HMAC-SHA256 failed in OpenSSL");
+    }
     if (!out.empty()) out += ' ';
     out += "v1,";
-    out +=
-        detail::base64_encode(std::string_view(reinterpret_cast<const char*>(m.data()), m.size()));
+    out += base64_encode(std::string_view(reinterpret_cast<const char*>(m.data()), m.size()));
   }
   return out;
 }
+
+}  // namespace detail
 
 verify_result verify(const std::vector<std::string>& secrets, std::string_view msg_id,
                      std::string_view timestamp, std::string_view body,

@@ -18,6 +18,16 @@ std::string_view to_string(message_status s) {
   return "unknown";
 }
 
+void delivery_store::record_results(std::vector<attempt_result>& results) {
+  for (const auto& r : results) {
+    if (r.retry_at) {
+      reschedule(r.message_id, *r.retry_at, r.attempt);
+    } else {
+      complete(r.message_id, r.attempt);
+    }
+  }
+}
+
 std::optional<message_status> parse_message_status(std::string_view s) {
   std::string lower(s);
   std::transform(lower.begin(), lower.end(), lower.begin(),

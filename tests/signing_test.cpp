@@ -9,6 +9,7 @@
 
 #include "base64.hpp"
 #include "hookline/error.hpp"
+#include "signer.hpp"
 
 namespace {
 
@@ -61,6 +62,35 @@ TEST(signing, rejects_the_reference_negative_cases) {
   const auto empty_key = verify({"whsec_"}, vec_id, vec_ts_text, vec_body, vec_sig, at(vec_ts));
   EXPECT_FALSE(empty_key);
   EXPECT_NE(empty_key.reason.find("secret 1"), std::string::npos) << empty_key.reason;
+}
+
+// The dispatcher keys a signer once per subscription and signs every attempt with it: each
+// signature must equal the one-shot one, whatever was signed before on the same contexts.
+TEST(signing, reused_signer_matches_one_shot_signatures) {
+  const auto second = secret_of(48, 's');
+  hookline::detail::signer s({vec_secret, second});
+  EXPECT_EQ(s.header(vec_id, vec_ts, vec_body),
+            vec_sig + " " + sign(second, vec_id, vec_ts, vec_body));
+  const std::vector<std::string> bodies = {"", "{}", std::string(5000, 'b'), vec_body};
+  std::int64_t ts = vec_ts;
+  for (const auto& body : bodies) {
+    const std::string id = "msg_" + std::to_string(++ts);
+    EXPECT_EQ(s.header(id, ts, body),
+              sign(vec_secret, id, ts, body) + " " + sign(second, id, ts, body));
+  }
+  EXPECT_EQ(s.header(vec_id, vec_ts, vec_body),
+            signature_header({vec_secret, second}, vec_id, vec_ts, vec_body));
+}
+
+TEST(signing, signer_names_the_malformed_secret_without_echoing_it) {
+  try {
+    hookline::detail::signer s({vec_secret, "whsec_not*base64"});
+    FAIL() << "a malformed second secret was accepted";
+  } catch (const hookline::error& e) {
+    const std::string what = e.what();
+    EXPECT_NE(what.find("signing secret 2"), std::string::npos) << what;
+    EXPECT_EQ(what.find("not*base64"), std::string::npos) << what;
+  }
 }
 
 TEST(signing, header_carries_one_signature_per_secret_for_rotation) {

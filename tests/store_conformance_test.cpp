@@ -191,6 +191,32 @@ TEST_P(store_conformance, reschedule_moves_the_due_time_and_counts_attempts) {
   EXPECT_EQ(store_->get("a")->last_error, "connection refused");
 }
 
+// The dispatcher hands every result of a loop turn over at once.
+TEST_P(store_conformance, record_results_completes_and_reschedules_a_batch_in_order) {
+  put({make_message("a", "s1", t0_), make_message("b", "s1", t0_), make_message("c", "s2", t0_)});
+  auto claimed = store_->claim(claim_at(t0_));
+  ASSERT_EQ(claimed.size(), 3u);
+  std::vector<attempt_result> batch;
+  batch.push_back({"a", std::nullopt, make_attempt(claimed[0], 1, 204, t0_ + 1s, true)});
+  batch.push_back({"b", t0_ + 30s, make_attempt(claimed[1], 1, 503, t0_ + 1s, false)});
+  batch.push_back({"c", std::nullopt, make_attempt(claimed[2], 1, 200, t0_ + 1s, true)});
+  store_->record_results(batch);
+  EXPECT_EQ(store_->get("a")->status, message_status::delivered);
+  EXPECT_EQ(store_->get("c")->status, message_status::delivered);
+  auto b = *store_->get("b");
+  EXPECT_EQ(b.status, message_status::pending);
+  EXPECT_EQ(b.attempts, 1);
+  EXPECT_EQ(b.last_error, "HTTP 503");
+  EXPECT_EQ(b.next_attempt_at, t0_ + 30s);
+  EXPECT_EQ(store_->counts(t0_ + 2s).in_flight, 0u);
+  EXPECT_TRUE(store_->claim(claim_at(t0_ + 29s)).empty());
+  EXPECT_EQ(store_->claim(claim_at(t0_ + 30s)).size(), 1u);
+  EXPECT_EQ(store_->attempts(aq()).size(), 3u);
+  EXPECT_EQ(store_->stats("s1").calls, 2u);
+  EXPECT_EQ(store_->stats("s1").failures, 1u);
+  EXPECT_EQ(store_->stats("s2").status_2xx, 1u);
+}
+
 TEST_P(store_conformance, dead_letter_and_query_by_status_and_subscription) {
   put({make_message("a", "s1", t0_), make_message("b", "s1", t0_ + 1ms),
        make_message("c", "s2", t0_ + 2ms)});

@@ -254,6 +254,141 @@ TEST(transport, custom_methods_send_body) {
   EXPECT_FALSE(del.has_header("Content-Type"));
 }
 
+// One request at a time, so every request reuses the same pooled handle: what one request set
+// (method, body, headers, timeouts, URL) must never leak into the next.
+TEST(transport, reused_handles_carry_nothing_over) {
+  test_server server;
+  server.respond_always("/slow", response::slow(300ms));
+  collector c;
+  transport t(local_options(), c.callback(), nullptr);
+  struct step {
+    std::string method, path, body, header;
+  };
+  const std::vector<step> steps = {{"POST", "/a", "one", "X-A: 1"},  {"GET", "/b", "", "X-B: 2"},
+                                   {"PUT", "/c", "three", ""},       {"HEAD", "/d", "", ""},
+                                   {"POST", "/e", "five", "X-E: 5"}, {"POST", "/e", "six", ""},
+                                   {"DELETE", "/f", "", ""},         {"POST", "/g", "eight", ""}};
+  std::uint64_t token = 0;
+  for (const auto& st : steps) {
+    auto req = make_request(++token, server.url(st.path), st.method, st.body);
+    if (!st.header.empty()) req.headers = {st.header};
+    t.submit(req);
+    ASSERT_EQ(c.get(token).kind, error_kind::none) << st.method << " " << st.path;
+  }
+  // A short timeout on one request applies to that request only.
+  auto timed = make_request(++token, server.url("/slow"), "POST", "late");
+  timed.timeout = 100ms;
+  t.submit(timed);
+  EXPECT_EQ(c.get(token).kind, error_kind::timeout);
+  t.submit(make_request(++token, server.url("/slow"), "POST", "in time"));
+  EXPECT_EQ(c.get(token).status, 200);
+
+  const auto all = server.requests();
+  ASSERT_EQ(all.size(), steps.size() + 2);
+  for (std::size_t i = 0; i < steps.size(); ++i) {
+    SCOPED_TRACE(steps[i].method + " " + steps[i].path);
+    EXPECT_EQ(all[i].method, steps[i].method);
+    EXPECT_EQ(all[i].path, steps[i].path);
+    EXPECT_EQ(all[i].body, steps[i].body);
+    EXPECT_EQ(all[i].has_header("X-A"), steps[i].header == "X-A: 1");
+    EXPECT_EQ(all[i].has_header("X-B"), steps[i].header == "X-B: 2");
+    EXPECT_EQ(all[i].has_header("X-E"), steps[i].header == "X-E: 5");
+  }
+  EXPECT_EQ(all.back().body, "in time");
+}
+
+// A batch goes in with one call; every request of it completes with its own token.
+TEST(transport, batch_submit_completes_every_request) {
+  test_server server;
+  server.set_default(response::of(204));
+  collector c;
+  transport t(local_options(), c.callback(), nullptr);
+  std::vector<http_request> batch;
+  for (std::uint64_t i = 1; i <= 20; ++i)
+    batch.push_back(make_request(i, server.url("/b" + std::to_string(i)), "POST", "x"));
+  t.submit(std::move(batch));
+  EXPECT_TRUE(batch.empty());
+  ASSERT_TRUE(c.wait(20));
+  for (std::uint64_t i = 1; i <= 20; ++i) EXPECT_EQ(c.get(i).status, 204) << i;
+  EXPECT_EQ(server.request_count(), 20u);
+  t.stop();
+  std::vector<http_request> late;
+  late.push_back(make_request(21, server.url("/late"), "POST", "x"));
+  late.push_back(make_request(22, server.url("/late"), "POST", "x"));
+  t.submit(std::move(late));
+  EXPECT_EQ(c.get(21).kind, error_kind::cancelled);
+  EXPECT_EQ(c.get(22).kind, error_kind::cancelled);
+  EXPECT_EQ(t.in_flight(), 0u);
+}
+
+// The transport holds requests beyond max_running and beyond their group's limit, and starts
+// them in order as slots free up.
+TEST(transport, caps_running_requests_in_total_and_per_group) {
+  test_server server;
+  server.set_default(response::slow(150ms));
+  collector c;
+  auto o = local_options();
+  o.max_running = 3;
+  transport t(o, c.callback(), nullptr);
+  std::vector<http_request> batch;
+  for (std::uint64_t i = 1; i <= 4; ++i) {  // group 1: one at a time
+    auto r = make_request(i, server.url("/one"), "POST", std::to_string(i));
+    r.group = 1;
+    r.group_limit = 1;
+    batch.push_back(std::move(r));
+  }
+  for (std::uint64_t i = 5; i <= 10; ++i)  // no group: only the total cap applies
+    batch.push_back(make_request(i, server.url("/free"), "POST", std::to_string(i)));
+  t.submit(std::move(batch));
+  EXPECT_EQ(t.in_flight(), 10u);
+  ASSERT_TRUE(c.wait(10, 20s));
+  for (std::uint64_t i = 1; i <= 10; ++i) EXPECT_EQ(c.get(i).status, 200) << i;
+  const auto one = server.requests("/one");
+  ASSERT_EQ(one.size(), 4u);
+  for (std::size_t i = 0; i < one.size(); ++i) {
+    EXPECT_EQ(one[i].body, std::to_string(i + 1));  // in order
+    if (i > 0) {
+      EXPECT_GE(one[i].arrived - one[i - 1].arrived, 140ms) << i;
+    }
+  }
+  // 10 requests of 150 ms, 3 at a time: at least 4 waves, never more than 3 connections.
+  const auto all = server.requests();
+  auto first = all.front().arrived, last = all.front().arrived;
+  for (const auto& r : all) {
+    first = std::min(first, r.arrived);
+    last = std::max(last, r.arrived);
+  }
+  EXPECT_GE(last - first, 3 * 140ms);
+  EXPECT_LE(server.connections_accepted(), 3u);
+}
+
+TEST(transport, cancel_waiting_cancels_only_what_has_not_started) {
+  test_server server;
+  server.set_default(response::slow(300ms));
+  collector c;
+  transport t(local_options(), c.callback(), nullptr);
+  std::vector<http_request> batch;
+  for (std::uint64_t i = 1; i <= 3; ++i) {
+    auto r = make_request(i, server.url("/g"), "POST", "x");
+    r.group = 9;
+    r.group_limit = 1;
+    batch.push_back(std::move(r));
+  }
+  auto other = make_request(4, server.url("/other"), "POST", "y");
+  other.group = 10;
+  other.group_limit = 1;
+  batch.push_back(std::move(other));
+  t.submit(std::move(batch));
+  ASSERT_TRUE(server.wait_for_requests("/g", 1, 5s));
+  t.cancel_waiting(9);
+  EXPECT_EQ(c.get(2).kind, error_kind::cancelled);
+  EXPECT_EQ(c.get(3).kind, error_kind::cancelled);
+  EXPECT_EQ(c.get(1).status, 200);  // was running: goes on
+  EXPECT_EQ(c.get(4).status, 200);  // another group
+  EXPECT_EQ(server.request_count("/g"), 1u);
+  EXPECT_EQ(t.in_flight(), 0u);
+}
+
 TEST(transport, reports_statuses_and_retry_after) {
   test_server server;
   server.respond_always("/ok", response::of(202, "fine"));

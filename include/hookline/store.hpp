@@ -34,8 +34,8 @@ struct message {
   time_point created_at{};
   time_point next_attempt_at{};  ///< when it is due (pending only)
   time_point updated_at{};
-  int last_status = 0;     ///< HTTP status of the last attempt, 0 if none
-  std::string last_error;  ///< why the last attempt failed / why it is dead
+  int last_status = 0;        ///< HTTP status of the last attempt, 0 if none
+  std::string last_error;     ///< why the last attempt failed / why it is dead
   std::int64_t sequence = 0;  ///< store-assigned, increasing in enqueue order
 };
 
@@ -56,6 +56,14 @@ struct attempt_record {
   std::size_t response_length = 0;
   std::string response_head;  ///< the start of the response body, bounded
   bool success = false;
+};
+
+/// One finished attempt for delivery_store::record_results(): delivered when `retry_at` is
+/// empty, else still pending and due again at `retry_at`.
+struct attempt_result {
+  std::string message_id;
+  std::optional<time_point> retry_at;
+  attempt_record attempt;
 };
 
 struct claim_request {
@@ -119,6 +127,10 @@ class delivery_store {
   virtual void complete(const std::string& id, const attempt_record& a) = 0;
   /// Retry later: still pending, due at `next`, lease released, attempt recorded.
   virtual void reschedule(const std::string& id, time_point next, const attempt_record& a) = 0;
+  /// complete() or reschedule() for each result, in order, with one lock or transaction where
+  /// the store can (the dispatcher hands over every result of one loop turn at once). May move
+  /// from `results`. The default calls complete() and reschedule() one by one.
+  virtual void record_results(std::vector<attempt_result>& results);
   /// Give up: status dead with `reason`; `a` (if any) recorded.
   virtual void dead_letter(const std::string& id, const std::string& reason,
                            const attempt_record* a) = 0;

@@ -6,6 +6,7 @@
 #include <cmath>
 
 #include "dispatcher/request.hpp"
+#include "signer.hpp"
 
 namespace hookline::detail {
 
@@ -18,6 +19,11 @@ using std::chrono::milliseconds;
 constexpr milliseconds max_poll{100};  // longest real wait, so a manual clock never deadlocks
 constexpr std::size_t max_claim = 256;
 constexpr std::size_t poll_engine_limit = 256;
+// Requests handed to the transport per running slot, in total and per endpoint. The transport
+// runs at most max_in_flight (endpoint_concurrency per endpoint) at once and starts the next
+// waiting one the moment a slot frees, so the slots stay busy while this thread handles
+// completions and prepares requests (it may be waiting for a core).
+constexpr std::size_t submit_depth = 2;
 
 // The endpoint as it may appear in a log line: no user info, query or fragment (they may hold
 // credentials).
@@ -42,7 +48,12 @@ std::string iso(time_point t) {
 dispatcher::dispatcher(dispatcher_context ctx)
     : ctx_(std::move(ctx)), shared_(std::make_shared<shared>()), rng_(std::random_device{}()) {
   const auto& d = ctx_.delivery;
-  lease_ = duration_cast<milliseconds>(d.request_timeout * 2 + std::chrono::seconds(5));
+  // A request may wait in the transport behind its endpoint's running requests and then behind
+  // the global cap before its own run: each wait is at most one request timeout.
+  lease_ =
+      duration_cast<milliseconds>(d.request_timeout * (submit_depth + 1) + std::chrono::seconds(5));
+  flight_cap_ = std::max<std::size_t>(1, d.max_in_flight) * submit_depth;
+  endpoint_cap_ = std::max<std::size_t>(1, d.endpoint_concurrency) * submit_depth;
   queue_cap_ = std::max<std::size_t>(32, d.endpoint_concurrency * 2);
   claim_limit_ = std::clamp<std::size_t>(d.max_in_flight, 1, max_claim);
   // An open breaker never holds a message longer than its retry schedule would have: with
@@ -65,20 +76,25 @@ dispatcher::dispatcher(dispatcher_context ctx)
   to.max_response_bytes = d.max_response_bytes;
   to.user_agent = ctx_.user_agent;
   to.max_connections = std::max<std::size_t>(d.max_in_flight, 16);
+  to.max_running = std::max<std::size_t>(1, d.max_in_flight);
   // perform + poll visits every running transfer per wake-up but costs fewer system calls per
   // request, and is 10-20 % faster up to a few hundred transfers (measurements.md); the cap on
   // requests in flight bounds what it visits. Beyond that the sharded epoll engine scales.
   to.engine = d.max_in_flight <= poll_engine_limit ? loop_engine::poll : loop_engine::epoll;
   shared* sh = shared_.get();
   transport_ = std::make_unique<transport>(
-      std::move(to),
-      [sh](http_response&& r) {
+      std::move(to), transport::batch_completion([sh](std::vector<http_response>&& batch) {
         std::lock_guard lock(sh->mutex);
-        // The loop takes all completions at once: only the first of a batch needs to wake it.
+        // The loop takes all completions at once: only a batch that finds none waiting needs
+        // to wake it.
         const bool was_empty = sh->completions.empty();
-        sh->completions.push_back(std::move(r));
+        if (was_empty) {
+          sh->completions.swap(batch);
+        } else {
+          for (auto& r : batch) sh->completions.push_back(std::move(r));
+        }
         if (was_empty) sh->cv.notify_one();
-      },
+      }),
       ctx_.logger);
   ctx_.clock->on_advance([weak = std::weak_ptr<shared>(shared_)] {
     if (auto s = weak.lock()) {
@@ -148,6 +164,7 @@ void dispatcher::run() {
     bool failed = false;
     try {
       for (auto& r : done) handle(std::move(r), now);
+      record_results();
       if (stopping) {
         drain_local(now);
       } else {
@@ -161,6 +178,8 @@ void dispatcher::run() {
         last_error_log_ = steady::now();
       }
     }
+    // Everything this turn started goes to the transport at once: one lock, one wake-up.
+    if (!outbox_.empty()) transport_->submit(std::move(outbox_));
     busy_.store(in_flight_ + waiting_ + parked_count_);
     if (!done.empty() && ctx_.on_progress) ctx_.on_progress();
 
@@ -204,6 +223,11 @@ void dispatcher::run() {
     sh.cv.wait_for(lock, wait,
                    [&] { return sh.woken || !sh.completions.empty() || sh.stopping != stopping; });
   }
+  try {
+    record_results();  // what the last turn left, if a store error interrupted it
+  } catch (const std::exception& e) {
+    ctx_.logger->error("dispatcher: {}", e.what());
+  }
   busy_.store(0);
   if (ctx_.on_progress) ctx_.on_progress();
 }
@@ -218,7 +242,7 @@ void dispatcher::turn(time_point now) {
   // With no subscriptions every claimed message would die as "subscription removed": a hub
   // opened on a store with pending messages waits until the host has loaded its subscriptions.
   if (ctx_.subscriptions->current()->size() == 0) return;
-  const auto max_in_flight = std::max<std::size_t>(1, ctx_.delivery.max_in_flight);
+  const auto max_in_flight = flight_cap_;
   for (int round = 0; round < 8 && in_flight_ < max_in_flight && t >= claim_pause_until_; ++round) {
     const auto due = ctx_.store->next_due(now);
     if (!due || *due > now) break;
@@ -285,7 +309,10 @@ void dispatcher::route(message m, const std::shared_ptr<const snapshot>& snap, t
   const std::string key = sub->url;
   auto [it, created] = endpoints_.try_emplace(key);
   auto& ep = it->second;
-  if (created) ep.breaker.configure(breaker_options_);
+  if (created) {
+    ep.breaker.configure(breaker_options_);
+    ep.id = next_endpoint_id_++;
+  }
   offer(key, ep, waiting{std::move(m), std::move(sub), now}, now);
 }
 
@@ -326,21 +353,27 @@ void dispatcher::offer(const std::string& key, endpoint& ep, waiting w, time_poi
 
 bool dispatcher::try_send(const std::string& key, endpoint& ep, waiting& w, time_point now) {
   const auto& d = ctx_.delivery;
-  if (in_flight_ >= std::max<std::size_t>(1, d.max_in_flight)) return false;
-  if (ep.in_flight >= std::max<std::size_t>(1, d.endpoint_concurrency)) return false;
+  if (in_flight_ >= flight_cap_) return false;
+  // Requests wait in the transport only for an endpoint whose last answer was healthy: after a
+  // failure each one waits for the outcome of the last, so a breaker opens before more go.
+  if (ep.in_flight >=
+      (ep.failing ? std::max<std::size_t>(1, d.endpoint_concurrency) : endpoint_cap_))
+    return false;
   if (!ep.breaker.allows(now)) return false;
   ep.bucket.configure(w.sub->rate_limit, now);
   if (!ep.bucket.try_take(now)) return false;
   const auto ts = std::chrono::duration_cast<std::chrono::seconds>(now.time_since_epoch()).count();
   http_request req;
   try {
-    req = build_request(w.msg, *w.sub, ts, d);
+    req = build_request(w.msg, *w.sub, ts, d, keys_for(w.sub));
   } catch (const std::exception& e) {
     dead(w.msg, std::string("cannot build the request: ") + e.what(), nullptr);
     if (w.msg.ordered) finish_ordered(w.msg.subscription_id, now);
     return true;
   }
   req.token = next_token_++;
+  req.group = ep.id;
+  req.group_limit = std::max<std::size_t>(1, d.endpoint_concurrency);
   flight f;
   f.probe = ep.breaker.on_start(now);
   f.msg = std::move(w.msg);
@@ -352,8 +385,19 @@ bool dispatcher::try_send(const std::string& key, endpoint& ep, waiting& w, time
   ep.last_used = now;
   ep.started.insert(now);
   flights_.emplace(req.token, std::move(f));
-  transport_->submit(std::move(req));
+  outbox_.push_back(std::move(req));
   return true;
+}
+
+signer* dispatcher::keys_for(const std::shared_ptr<const subscription>& sub) {
+  if (sub->secrets.empty()) return nullptr;
+  auto& entry = signers_[sub->id];
+  // A replaced subscription is a new object: its secrets may have changed (rotation).
+  if (entry.sub != sub) {
+    entry.keys = std::make_unique<signer>(sub->secrets);  // throws for a malformed secret
+    entry.sub = sub;
+  }
+  return entry.keys.get();
 }
 
 void dispatcher::defer(waiting& w, time_point at) {
@@ -434,7 +478,9 @@ void dispatcher::handle(http_response&& r, time_point now) {
   const auto o = classify(r, now);
   if (o.k == outcome::kind::cancelled) {
     if (ep != nullptr) ep->breaker.on_cancel(f.probe);
-    ctx_.store->release(f.msg.id, now);
+    // Cancelled because the breaker opened: due when it lets a probe through.
+    const bool open = ep != nullptr && ep->breaker.is_open(now);
+    ctx_.store->release(f.msg.id, open ? ep->breaker.open_until() : now);
     if (f.msg.ordered) finish_ordered(f.msg.subscription_id, now);
     return;
   }
@@ -443,9 +489,14 @@ void dispatcher::handle(http_response&& r, time_point now) {
     ep->latency_ms = ep->latency_ms == 0 ? std::max(ms, 0.001) : 0.8 * ep->latency_ms + 0.2 * ms;
     if (r.kind == error_kind::refused || r.kind == error_kind::invalid) {
       ep->breaker.on_cancel(f.probe);  // never reached the endpoint: says nothing about it
-    } else if (ep->breaker.on_result(!o.unhealthy, f.probe, now))
-      ctx_.logger->warn("endpoint {}: circuit breaker open until {} ({})", loggable_url(f.endpoint),
-                        iso(ep->breaker.open_until()), o.reason);
+    } else {
+      ep->failing = o.unhealthy;
+      if (ep->breaker.on_result(!o.unhealthy, f.probe, now)) {
+        ctx_.logger->warn("endpoint {}: circuit breaker open until {} ({})",
+                          loggable_url(f.endpoint), iso(ep->breaker.open_until()), o.reason);
+        transport_->cancel_waiting(ep->id);  // what has not started yet waits for the probe
+      }
+    }
   }
 
   message& m = f.msg;
@@ -474,14 +525,13 @@ void dispatcher::handle(http_response&& r, time_point now) {
   const auto& policy = ctx_.delivery.retry;
   switch (o.k) {
     case outcome::kind::success:
-      ctx_.store->complete(m.id, rec);
+      results_.push_back({m.id, std::nullopt, std::move(rec)});
       m.status = message_status::delivered;
       m.last_error.clear();
-      ctx_.counters->delivered.fetch_add(1, std::memory_order_relaxed);
-      if (ctx_.on_finished) ctx_.on_finished(1);
       note_success(m.subscription_id);
-      if (ctx_.hooks.on_delivered) call_hook("on_delivered", [&] { ctx_.hooks.on_delivered(m); });
-      break;
+      if (m.ordered) finish_ordered(m.subscription_id, now);
+      delivered_.push_back(std::move(m));  // counted and announced once recorded
+      return;
     case outcome::kind::gone:
       dead(m, o.reason, &rec);
       disable(m.subscription_id, "the endpoint answered 410 Gone");
@@ -509,7 +559,7 @@ void dispatcher::handle(http_response&& r, time_point now) {
                  " attempts (the next would exceed the maximum age): " + o.reason,
              &rec);
       } else {
-        ctx_.store->reschedule(m.id, now + *delay, rec);
+        results_.push_back({m.id, now + *delay, std::move(rec)});
         ctx_.counters->retries.fetch_add(1, std::memory_order_relaxed);
       }
       break;
@@ -518,6 +568,26 @@ void dispatcher::handle(http_response&& r, time_point now) {
       break;
   }
   if (m.ordered) finish_ordered(m.subscription_id, now);
+}
+
+void dispatcher::record_results() {
+  if (results_.empty() && delivered_.empty()) return;
+  struct clear_on_exit {
+    dispatcher& d;
+    ~clear_on_exit() {
+      d.results_.clear();
+      d.delivered_.clear();
+    }
+  } guard{*this};
+  // A store that throws here leaves the messages leased: they are sent again when the lease
+  // runs out (at-least-once), never lost.
+  ctx_.store->record_results(results_);
+  const auto n = delivered_.size();
+  if (n == 0) return;
+  ctx_.counters->delivered.fetch_add(n, std::memory_order_relaxed);
+  if (ctx_.on_finished) ctx_.on_finished(n);
+  if (ctx_.hooks.on_delivered)
+    for (const auto& m : delivered_) call_hook("on_delivered", [&] { ctx_.hooks.on_delivered(m); });
 }
 
 void dispatcher::dead(const message& m, const std::string& reason, const attempt_record* a) {
@@ -568,6 +638,13 @@ void dispatcher::disable(const std::string& subscription_id, const std::string& 
 
 void dispatcher::sweep(time_point now) {
   const auto idle_for = std::max<duration>(ctx_.delivery.breaker.window, std::chrono::minutes(1));
+  const auto snap = ctx_.subscriptions->current();
+  for (auto it = signers_.begin(); it != signers_.end();) {
+    if (snap->find(it->first) != it->second.sub)
+      it = signers_.erase(it);
+    else
+      ++it;
+  }
   for (auto it = endpoints_.begin(); it != endpoints_.end();) {
     const auto& ep = it->second;
     if (ep.in_flight == 0 && ep.queue.empty() && ep.breaker.idle() && ep.last_used + idle_for < now)
@@ -594,8 +671,7 @@ void dispatcher::drain_local(time_point now) {
 
 time_point dispatcher::next_wake(time_point now) {
   time_point at = now + std::chrono::hours(1);
-  if (in_flight_ < std::max<std::size_t>(1, ctx_.delivery.max_in_flight) &&
-      ctx_.subscriptions->current()->size() != 0) {
+  if (in_flight_ < flight_cap_ && ctx_.subscriptions->current()->size() != 0) {
     if (steady::now() < claim_pause_until_) {
       at = std::min(at, now + milliseconds(50));
     } else if (auto due = ctx_.store->next_due(now)) {

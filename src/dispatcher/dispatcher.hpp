@@ -23,6 +23,8 @@
 
 namespace hookline::detail {
 
+class signer;
+
 struct dispatch_counters {
   std::atomic<std::uint64_t> delivered{0};
   std::atomic<std::uint64_t> dead{0};
@@ -77,7 +79,9 @@ class dispatcher {
     time_point claimed{};
   };
   struct endpoint {
-    std::size_t in_flight = 0;
+    std::uint64_t id = 0;       // the transport's group
+    std::size_t in_flight = 0;  // handed to the transport (waiting there or running)
+    bool failing = false;       // the last outcome looked unhealthy
     std::deque<waiting> queue;  // claimed, waiting for a slot or a token
     circuit_breaker breaker;
     token_bucket bucket;
@@ -97,11 +101,15 @@ class dispatcher {
   void defer(waiting& w, time_point at);
   void finish_ordered(const std::string& subscription_id, time_point now);
   void dead(const message& m, const std::string& reason, const attempt_record* a);
+  /// Records results_ in the store, then counts and announces delivered_.
+  void record_results();
   void note_failure(const subscription& sub, const std::string& reason, time_point now,
                     bool& disabled);
   void note_success(const std::string& subscription_id);
   void disable(const std::string& subscription_id, const std::string& reason);
   void sweep(time_point now);
+  /// sub's secrets keyed once (cached by subscription id), or null when it has none.
+  signer* keys_for(const std::shared_ptr<const subscription>& sub);
   void drain_local(time_point now);
   time_point next_wake(time_point now);
   template <class F>
@@ -131,6 +139,14 @@ class dispatcher {
 
   // Dispatcher thread only.
   std::unordered_map<std::uint64_t, flight> flights_;
+  std::vector<http_request> outbox_;     // started this turn, submitted at its end
+  std::vector<attempt_result> results_;  // of this turn's completions, recorded at once
+  std::vector<message> delivered_;       // their delivered messages, announced once recorded
+  struct keyed_subscription {
+    std::shared_ptr<const subscription> sub;  // the version the keys were made from
+    std::unique_ptr<signer> keys;
+  };
+  std::unordered_map<std::string, keyed_subscription> signers_;  // by subscription id
   std::unordered_map<std::string, endpoint> endpoints_;
   std::unordered_set<std::string> waiting_endpoints_;
   std::unordered_set<std::string> ordered_busy_;
@@ -141,6 +157,9 @@ class dispatcher {
   };
   std::unordered_map<std::string, failing> failing_;
   std::uint64_t next_token_ = 1;
+  std::uint64_t next_endpoint_id_ = 1;
+  std::size_t flight_cap_ = 1;    // requests handed to the transport, in total
+  std::size_t endpoint_cap_ = 1;  // and per endpoint
   bool draining_ = false;
   std::size_t in_flight_ = 0;
   std::size_t waiting_ = 0;

@@ -4,6 +4,8 @@
 #include <cctype>
 #include <string_view>
 
+#include "signer.hpp"
+
 namespace hookline::detail {
 
 namespace {
@@ -22,7 +24,7 @@ bool sends_body(std::string_view method) {
 }  // namespace
 
 http_request build_request(const message& m, const subscription& sub, std::int64_t timestamp,
-                           const delivery_options& d) {
+                           const delivery_options& d, signer* keys) {
   http_request req;
   req.url = sub.url;
   req.method = sub.http_method.empty() ? "POST" : sub.http_method;
@@ -37,10 +39,10 @@ http_request build_request(const message& m, const subscription& sub, std::int64
   req.headers.push_back("webhook-timestamp: " + std::to_string(timestamp));
   if (!sub.secrets.empty()) {
     // The signature covers the bytes actually sent: a GET signs an empty body.
-    req.headers.push_back("webhook-signature: " + signature_header(sub.secrets, m.id, timestamp,
-                                                                   with_body
-                                                                       ? std::string_view(m.body)
-                                                                       : std::string_view{}));
+    const std::string_view signed_body = with_body ? std::string_view(m.body) : std::string_view{};
+    req.headers.push_back("webhook-signature: " +
+                          (keys ? keys->header(m.id, timestamp, signed_body)
+                                : signature_header(sub.secrets, m.id, timestamp, signed_body)));
   }
   for (const auto& [name, value] : sub.headers) req.headers.push_back(name + ": " + value);
   req.connect_timeout = d.connect_timeout;

@@ -10,10 +10,13 @@
 
 namespace hookline::detail {
 
-/// The HTTP request for one attempt of `m` to `sub`, signed with `timestamp` (unix seconds).
+class signer;
+
+/// The HTTP request for one attempt of `m` to `sub`, signed with `timestamp` (unix seconds) by
+/// `keys` (sub's secrets, keyed once; when null they are decoded for this request alone).
 /// Throws hookline::error when a secret is malformed (the text never holds the secret).
 http_request build_request(const message& m, const subscription& sub, std::int64_t timestamp,
-                           const delivery_options& d);
+                           const delivery_options& d, signer* keys = nullptr);
 
 struct outcome {
   enum class kind {

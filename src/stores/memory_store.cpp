@@ -141,6 +141,7 @@ class memory_store final : public delivery_store {
     note_now(req.now);
     expire_leases(req.now);
     std::vector<message> out;
+    out.reserve(std::min<std::size_t>(req.max, due_.size()));
     while (out.size() < req.max && !due_.empty() && due_.begin()->at <= req.now) {
       entry* e = due_.begin()->e;
       due_.erase(due_.begin());
@@ -156,27 +157,48 @@ class memory_store final : public delivery_store {
 
   void complete(const std::string& id, const attempt_record& a) override {
     std::lock_guard lock(mutex_);
+    attempt_record copy = a;
+    complete_locked(id, std::move(copy));
+  }
+
+  void reschedule(const std::string& id, time_point next, const attempt_record& a) override {
+    std::lock_guard lock(mutex_);
+    attempt_record copy = a;
+    reschedule_locked(id, next, std::move(copy));
+  }
+
+  void record_results(std::vector<attempt_result>& results) override {
+    std::lock_guard lock(mutex_);
+    for (auto& r : results) {
+      if (r.retry_at) {
+        reschedule_locked(r.message_id, *r.retry_at, std::move(r.attempt));
+      } else {
+        complete_locked(r.message_id, std::move(r.attempt));
+      }
+    }
+  }
+
+  void complete_locked(const std::string& id, attempt_record&& a) {
     entry* e = find(id);
     if (e == nullptr) return;
-    record(a);
     unlease(*e);
     e->attempts = std::max(e->attempts, a.attempt);
     e->last_status = a.status_code;
     set_error(*e, {});
     e->updated = end_of(a);
     finish(*e, message_status::delivered);
+    record(std::move(a));
   }
 
-  void reschedule(const std::string& id, time_point next, const attempt_record& a) override {
-    std::lock_guard lock(mutex_);
+  void reschedule_locked(const std::string& id, time_point next, attempt_record&& a) {
     entry* e = find(id);
     if (e == nullptr) return;
-    record(a);
     unlease(*e);
     e->attempts = std::max(e->attempts, a.attempt);
     e->last_status = a.status_code;
     set_error(*e, a.error.empty() ? "HTTP " + std::to_string(a.status_code) : a.error);
     e->updated = end_of(a);
+    record(std::move(a));
     if (e->status != message_status::pending) return;
     unindex(*e);
     e->next = next;
@@ -190,7 +212,7 @@ class memory_store final : public delivery_store {
     if (e == nullptr) return;
     unlease(*e);
     if (a != nullptr) {
-      record(*a);
+      record(attempt_record(*a));
       e->attempts = std::max(e->attempts, a->attempt);
       e->last_status = a->status_code;
       e->updated = end_of(*a);
@@ -500,7 +522,7 @@ class memory_store final : public delivery_store {
     }
   }
 
-  void record(const attempt_record& a) {
+  void record(attempt_record&& a) {
     auto it = stats_.find(std::string_view(a.subscription_id));
     if (it == stats_.end()) it = stats_.emplace(a.subscription_id, subscription_stats{}).first;
     auto& s = it->second;
@@ -515,7 +537,7 @@ class memory_store final : public delivery_store {
     if (c == 0) ++s.errors;
     s.request_bytes += a.request_length;
     s.response_bytes += a.response_length;
-    log_.push_back(a);
+    log_.push_back(std::move(a));
     if (log_.size() > max_attempt_log) log_.pop_front();
   }
 

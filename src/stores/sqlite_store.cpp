@@ -421,30 +421,49 @@ class sqlite_store final : public delivery_store {
   }
 
   void complete(const std::string& id, const attempt_record& a) override {
-    post("complete", [this, id, a] {
-      auto s = writer_->use(
-          "UPDATE messages SET status = 'delivered', lease_owner = NULL, lease_until = NULL, "
-          "attempts = CASE WHEN ?2 > 0 THEN max(attempts, ?2) ELSE attempts + 1 END, "
-          "last_status = ?3, last_error = ?4, updated_at = ?5 WHERE id = ?1");
-      s->bind(1, id).bind(2, a.attempt).bind(3, a.status_code).bind(4, a.error);
-      s->bind(5, to_ns(attempt_end(a)));
-      s->run();
-      record_attempt(a);
-    });
+    post("complete", [this, id, a] { write_complete(id, a); });
   }
 
   void reschedule(const std::string& id, time_point next, const attempt_record& a) override {
-    post("reschedule", [this, id, next, a] {
-      auto s = writer_->use(
-          "UPDATE messages SET next_attempt_at = ?5, lease_owner = NULL, lease_until = NULL, "
-          "attempts = CASE WHEN ?2 > 0 THEN max(attempts, ?2) ELSE attempts + 1 END, "
-          "last_status = ?3, last_error = CASE WHEN ?4 = '' THEN 'HTTP ' || ?3 ELSE ?4 END, "
-          "updated_at = ?6 WHERE id = ?1 AND status = 'pending'");
-      s->bind(1, id).bind(2, a.attempt).bind(3, a.status_code).bind(4, a.error);
-      s->bind(5, to_ns(next)).bind(6, to_ns(attempt_end(a)));
-      s->run();
-      record_attempt(a);
+    post("reschedule", [this, id, next, a] { write_reschedule(id, next, a); });
+  }
+
+  // One committer operation for the whole batch.
+  void record_results(std::vector<attempt_result>& results) override {
+    if (results.empty()) return;
+    post("record_results", [this, batch = std::move(results)] {
+      for (const auto& r : batch) {
+        if (r.retry_at) {
+          write_reschedule(r.message_id, *r.retry_at, r.attempt);
+        } else {
+          write_complete(r.message_id, r.attempt);
+        }
+      }
     });
+    results.clear();
+  }
+
+  void write_complete(const std::string& id, const attempt_record& a) {
+    auto s = writer_->use(
+        "UPDATE messages SET status = 'delivered', lease_owner = NULL, lease_until = NULL, "
+        "attempts = CASE WHEN ?2 > 0 THEN max(attempts, ?2) ELSE attempts + 1 END, "
+        "last_status = ?3, last_error = ?4, updated_at = ?5 WHERE id = ?1");
+    s->bind(1, id).bind(2, a.attempt).bind(3, a.status_code).bind(4, a.error);
+    s->bind(5, to_ns(attempt_end(a)));
+    s->run();
+    record_attempt(a);
+  }
+
+  void write_reschedule(const std::string& id, time_point next, const attempt_record& a) {
+    auto s = writer_->use(
+        "UPDATE messages SET next_attempt_at = ?5, lease_owner = NULL, lease_until = NULL, "
+        "attempts = CASE WHEN ?2 > 0 THEN max(attempts, ?2) ELSE attempts + 1 END, "
+        "last_status = ?3, last_error = CASE WHEN ?4 = '' THEN 'HTTP ' || ?3 ELSE ?4 END, "
+        "updated_at = ?6 WHERE id = ?1 AND status = 'pending'");
+    s->bind(1, id).bind(2, a.attempt).bind(3, a.status_code).bind(4, a.error);
+    s->bind(5, to_ns(next)).bind(6, to_ns(attempt_end(a)));
+    s->run();
+    record_attempt(a);
   }
 
   void dead_letter(const std::string& id, const std::string& reason,

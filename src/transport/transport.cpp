@@ -16,6 +16,7 @@
 #include <deque>
 #include <mutex>
 #include <thread>
+#include <unordered_map>
 
 #include "hookline/error.hpp"
 #include "transport/address_guard.hpp"
@@ -65,6 +66,21 @@ bool is_token(std::string_view s) {
   });
 }
 
+// "Name: value" with a name and no CR, LF or NUL anywhere (header injection).
+bool valid_header_line(const std::string& line) {
+  if (line.empty() || line.front() == ':') return false;
+  bool colon = false;
+  for (char c : line) {
+    if (c == '\r' || c == '\n' || c == '\0') return false;
+    colon = colon || c == ':';
+  }
+  return colon;
+}
+
+bool valid_header_lines(const std::vector<std::string>& headers) {
+  return std::all_of(headers.begin(), headers.end(), valid_header_line);
+}
+
 error_kind classify(CURLcode code) {
   switch (code) {
     case CURLE_OK:
@@ -106,16 +122,26 @@ struct shard {
   std::optional<std::chrono::steady_clock::time_point> timer_due;
 };
 
-// One request while the loop owns it. Heap-allocated so that the pointers handed to libcurl
-// (body, error buffer, this) stay put.
+// One request while the loop owns it, and the easy handle it runs on. Transfers are pooled
+// with their handle: the options that never change (callbacks and the pointers to this object,
+// TLS, proxy, user agent) are set once per handle, and a request of the same method and client
+// certificate as the last one on the handle only sets its URL (when it changed), body and header
+// list. Heap-allocated so that the pointers handed to libcurl stay put.
 struct transfer {
+  transfer() = default;
+  transfer(const transfer&) = delete;
+  transfer& operator=(const transfer&) = delete;
+  ~transfer() {
+    if (easy) curl_easy_cleanup(easy);
+  }
+
   http_request req;
   http_response resp;
   CURL* easy = nullptr;
-  shard* home = nullptr;  // the multi handle it was added to
-  curl_slist* headers = nullptr;
-  std::optional<std::string> refusal;  // set by the connect-time guard
-  bool permitted = false;              // the guard let at least one address through
+  shard* home = nullptr;                 // the multi handle it was added to
+  std::vector<curl_slist> header_nodes;  // CURLOPT_HTTPHEADER, pointing into req.headers
+  std::optional<std::string> refusal;    // set by the connect-time guard
+  bool permitted = false;                // the guard let at least one address through
   bool guarded = true;
   std::size_t max_body = 0;
   std::chrono::steady_clock::time_point started{};
@@ -123,6 +149,12 @@ struct transfer {
   const address_guard* guard = nullptr;
   std::size_t index = 0;  // position in the loop's active list
   char error[CURL_ERROR_SIZE] = {};
+  // What the easy handle is set up for. `configured` false: set it up again before its next use
+  // (after a reset when `touched`, i.e. options were set on it before).
+  bool configured = false;
+  bool touched = false;
+  std::string set_method, set_cert, set_key, set_url;
+  long set_connect_ms = -1, set_total_ms = -1;
 };
 
 size_t on_body(char* data, size_t size, size_t n, void* user) {
@@ -178,7 +210,8 @@ const std::error_category& curl_category() {
 
 class transport::impl {
  public:
-  impl(transport_options options, completion on_complete, std::shared_ptr<spdlog::logger> logger)
+  impl(transport_options options, batch_completion on_complete,
+       std::shared_ptr<spdlog::logger> logger)
       : options_(std::move(options)),
         guard_(options_.allow_private_networks, options_.allowed_cidrs),
         on_complete_(std::move(on_complete)),
@@ -217,24 +250,35 @@ class transport::impl {
     release_resources();
   }
 
-  void submit(http_request req) {
+  void submit(std::vector<http_request>&& batch) {
+    if (batch.empty()) return;
     {
       std::lock_guard lock(mutex_);
-      in_flight_.fetch_add(1, std::memory_order_relaxed);
+      in_flight_.fetch_add(batch.size(), std::memory_order_relaxed);
       if (!stopping_) {
         // The loop takes the whole queue at once, so a wake is only owed when the queue was
         // empty: one eventfd write per burst, not per request (system calls are dear).
         const bool was_empty = queue_.empty();
-        queue_.push_back(std::move(req));
+        for (auto& req : batch) queue_.push_back(std::move(req));
+        batch.clear();
         if (was_empty) wake();
         return;
       }
     }
-    http_response resp;
-    resp.token = req.token;
-    resp.kind = error_kind::cancelled;
-    resp.error = "transport stopped";
-    deliver(std::move(resp));
+    // Stopped: everything completes at once, on this thread.
+    std::vector<http_response> cancelled;
+    for (const auto& req : batch) cancelled.push_back(cancelled_response(req.token));
+    batch.clear();
+    in_flight_.fetch_sub(cancelled.size(), std::memory_order_relaxed);
+    call_back(cancelled);
+  }
+
+  void cancel_waiting(std::uint64_t group) {
+    std::lock_guard lock(mutex_);
+    if (stopping_) return;
+    const bool was_empty = queue_.empty() && cancel_groups_.empty();
+    cancel_groups_.push_back(group);
+    if (was_empty) wake();
   }
 
   std::size_t in_flight() const { return in_flight_.load(std::memory_order_relaxed); }
@@ -259,8 +303,7 @@ class transport::impl {
   }
 
   void release_resources() {
-    for (auto* h : free_handles_) curl_easy_cleanup(h);
-    free_handles_.clear();
+    free_.clear();
     for (auto& sh : shards_) {
       if (sh->multi) curl_multi_cleanup(sh->multi);
       sh->multi = nullptr;
@@ -282,14 +325,77 @@ class transport::impl {
 
   // Starts what was submitted; false once stop() was called.
   bool take_submissions() {
+    std::vector<std::uint64_t> cancels;
     {
       std::lock_guard lock(mutex_);
       if (stopping_) return false;
       incoming_.swap(queue_);
+      cancels.swap(cancel_groups_);
     }
-    for (auto& req : incoming_) start(std::move(req));
+    for (auto group : cancels) cancel_group(group);
+    for (auto& req : incoming_) admit(std::move(req));
     incoming_.clear();
+    start_ready();
     return true;
+  }
+
+  // A request may start when its group has room; the global cap is applied by start_ready().
+  void admit(http_request&& req) {
+    if (req.group_limit == 0) {
+      ready_.push_back(std::move(req));
+      return;
+    }
+    auto& g = groups_[req.group];
+    if (g.admitted < req.group_limit) {
+      ++g.admitted;
+      ready_.push_back(std::move(req));
+    } else {
+      g.blocked.push_back(std::move(req));
+    }
+  }
+
+  // `req` finished (or never started): its group's next waiting request may go.
+  void leave_group(const http_request& req) {
+    if (req.group_limit == 0) return;
+    auto it = groups_.find(req.group);
+    if (it == groups_.end()) return;
+    auto& g = it->second;
+    --g.admitted;
+    if (!g.blocked.empty()) {
+      ready_.push_back(std::move(g.blocked.front()));
+      g.blocked.pop_front();
+      ++g.admitted;
+    }
+    if (g.admitted == 0 && g.blocked.empty()) groups_.erase(it);
+  }
+
+  // The group's requests that have not started complete as cancelled.
+  void cancel_group(std::uint64_t group) {
+    auto it = groups_.find(group);
+    if (it == groups_.end()) return;
+    auto& g = it->second;
+    for (auto r = ready_.begin(); r != ready_.end();) {
+      if (r->group_limit > 0 && r->group == group) {
+        done_.push_back(cancelled_response(r->token, "cancelled before it started"));
+        --g.admitted;
+        r = ready_.erase(r);
+      } else {
+        ++r;
+      }
+    }
+    for (auto& req : g.blocked)
+      done_.push_back(cancelled_response(req.token, "cancelled before it started"));
+    g.blocked.clear();
+    if (g.admitted == 0) groups_.erase(it);
+  }
+
+  void start_ready() {
+    while (!ready_.empty() &&
+           (options_.max_running == 0 || active_.size() < options_.max_running)) {
+      http_request req = std::move(ready_.front());
+      ready_.pop_front();
+      start(std::move(req));
+    }
   }
 
   void run() {
@@ -309,6 +415,8 @@ class transport::impl {
       CURLM* multi = shards_.front()->multi;
       curl_multi_perform(multi, &running);
       collect(*shards_.front());
+      start_ready();  // freed slots go to waiting requests at once
+      flush();
       // The timeout only bounds the wait; libcurl shortens it to its own next timer.
       curl_multi_poll(multi, nullptr, 0, 1000, nullptr);
     }
@@ -399,46 +507,50 @@ class transport::impl {
         }
       }
       for (auto& sh : shards_) collect(*sh);
+      start_ready();
+      flush();
     }
   }
 
   void start(http_request req) {
-    auto t = std::make_unique<transfer>();
-    t->resp.token = req.token;
+    auto t = take_transfer();
+    t->req = std::move(req);
+    t->resp = http_response{};
+    t->resp.token = t->req.token;
     t->resp.started_at = std::chrono::system_clock::now();
     t->started = std::chrono::steady_clock::now();
-    t->req = std::move(req);
-    t->max_body = options_.max_response_bytes;
-    t->connections = &connections_;
-    t->guard = &guard_;
-    t->guarded = options_.proxy.empty() && !guard_.allows_everything();
+    t->refusal.reset();
+    t->permitted = false;
+    t->error[0] = '\0';
 
     std::string endpoint;
-    if (t->req.url == last_url_ && !last_endpoint_.empty() && precheck_headers(t->req)) {
+    if (t->req.url == last_url_ && !last_endpoint_.empty() && is_token(t->req.method) &&
+        valid_header_lines(t->req.headers)) {
       // Same URL as the last request that passed: parsing it again would only repeat the answer.
       endpoint = last_endpoint_;
     } else if (auto problem = precheck(*t, endpoint)) {
       finish_early(std::move(t), problem->first, std::move(problem->second));
       return;
-    } else if (t->guarded || options_.proxy.empty() || guard_.allows_everything()) {
+    } else if (options_.proxy.empty() || guard_.allows_everything()) {
       // Cacheable only when the verdict depends on the URL alone (no IP-literal check).
       last_url_ = t->req.url;
       last_endpoint_ = endpoint;
     }
-    CURL* h = acquire();
-    if (!h) {
-      finish_early(std::move(t), error_kind::network, "transport: curl_easy_init failed");
-      return;
+    if (!t->easy) {
+      t->easy = curl_easy_init();
+      t->configured = t->touched = false;
+      if (!t->easy) {
+        finish_early(std::move(t), error_kind::network, "transport: curl_easy_init failed");
+        return;
+      }
     }
-    t->easy = h;
     if (!configure(*t)) {
-      release(*t);
+      t->configured = false;  // reset before its next use
       finish_early(std::move(t), error_kind::invalid, "transport: unusable request options");
       return;
     }
     t->home = shards_[std::hash<std::string>{}(endpoint) % shards_.size()].get();
-    if (curl_multi_add_handle(t->home->multi, h) != CURLM_OK) {
-      release(*t);
+    if (curl_multi_add_handle(t->home->multi, t->easy) != CURLM_OK) {
       finish_early(std::move(t), error_kind::network, "transport: curl_multi_add_handle failed");
       return;
     }
@@ -446,26 +558,17 @@ class transport::impl {
     active_.push_back(t.release());
   }
 
-  // Problems found before any connection: malformed URL, a scheme other than http(s), header
-  // injection, and (when a proxy hides the real peer from the connect-time guard) IP literals
-  // that the guard refuses.
-  // `endpoint` receives scheme://host:port, which picks the shard.
-  // The method and header checks alone; true when they pass.
-  static bool precheck_headers(const http_request& req) {
-    if (!is_token(req.method)) return false;
-    return std::all_of(req.headers.begin(), req.headers.end(), [](const std::string& hdr) {
-      return hdr.find_first_of(std::string_view("\r\n\0", 3)) == std::string::npos &&
-             hdr.find(':') != std::string::npos && hdr.front() != ':';
-    });
-  }
-
+  // Problems found before any connection: an invalid method, header injection, a malformed URL,
+  // a scheme other than http(s), and (when a proxy hides the real peer from the connect-time
+  // guard) IP literals that the guard refuses. `endpoint` receives scheme://host:port, which
+  // picks the shard.
   std::optional<std::pair<error_kind, std::string>> precheck(const transfer& t,
                                                              std::string& endpoint) const {
     const auto& req = t.req;
     if (!is_token(req.method)) {
       return std::pair{error_kind::invalid, "invalid HTTP method \"" + req.method + "\""};
     }
-    if (!precheck_headers(req)) {
+    if (!valid_header_lines(req.headers)) {
       return std::pair{error_kind::invalid, std::string("invalid header line (needs \"Name: "
                                                         "value\" without CR, LF or NUL)")};
     }
@@ -509,7 +612,8 @@ class transport::impl {
     return std::nullopt;
   }
 
-  // False when libcurl rejected an option (e.g. a feature missing from this build).
+  // Sets the handle up for t.req; false when libcurl rejected an option (e.g. a feature missing
+  // from this build).
   bool configure(transfer& t) {
     CURL* h = t.easy;
     const auto& req = t.req;
@@ -517,82 +621,104 @@ class transport::impl {
     auto set = [&](CURLoption opt, auto value) {
       if (curl_easy_setopt(h, opt, value) != CURLE_OK) ok = false;
     };
-    set(CURLOPT_URL, req.url.c_str());
-    set(CURLOPT_PRIVATE, static_cast<void*>(&t));
-    set(CURLOPT_NOSIGNAL, 1L);
-    set(CURLOPT_PROTOCOLS_STR, "http,https");
-    set(CURLOPT_REDIR_PROTOCOLS_STR, "http,https");
-    set(CURLOPT_FOLLOWLOCATION, 0L);
-    set(CURLOPT_CONNECTTIMEOUT_MS,
-        static_cast<long>(std::max<std::int64_t>(1, req.connect_timeout.count())));
-    set(CURLOPT_TIMEOUT_MS, static_cast<long>(std::max<std::int64_t>(1, req.timeout.count())));
-    set(CURLOPT_SSL_VERIFYPEER, options_.verify_tls ? 1L : 0L);
-    set(CURLOPT_SSL_VERIFYHOST, options_.verify_tls ? 2L : 0L);
-    if (!options_.ca_file.empty()) set(CURLOPT_CAINFO, options_.ca_file.c_str());
-    // An explicit empty proxy also stops libcurl from picking one up from the environment.
-    set(CURLOPT_PROXY, options_.proxy.c_str());
-    if (!req.client_cert.empty()) {
-      set(CURLOPT_SSLCERT, req.client_cert.c_str());
-      set(CURLOPT_SSLCERTTYPE, "PEM");
+    const bool with_body = !iequals(req.method, "GET") && !iequals(req.method, "HEAD");
+    if (!t.configured || t.set_method != req.method || t.set_cert != req.client_cert ||
+        t.set_key != req.client_key) {
+      // First use, or a request of another shape: start from libcurl's defaults.
+      if (t.touched) curl_easy_reset(h);
+      t.touched = true;
+      t.set_url.clear();
+      t.set_connect_ms = t.set_total_ms = -1;
+      set(CURLOPT_PRIVATE, static_cast<void*>(&t));
+      set(CURLOPT_NOSIGNAL, 1L);
+      set(CURLOPT_PROTOCOLS_STR, "http,https");
+      set(CURLOPT_REDIR_PROTOCOLS_STR, "http,https");
+      set(CURLOPT_FOLLOWLOCATION, 0L);
+      set(CURLOPT_SSL_VERIFYPEER, options_.verify_tls ? 1L : 0L);
+      set(CURLOPT_SSL_VERIFYHOST, options_.verify_tls ? 2L : 0L);
+      if (!options_.ca_file.empty()) set(CURLOPT_CAINFO, options_.ca_file.c_str());
+      // An explicit empty proxy also stops libcurl from picking one up from the environment.
+      set(CURLOPT_PROXY, options_.proxy.c_str());
+      if (!req.client_cert.empty()) {
+        set(CURLOPT_SSLCERT, req.client_cert.c_str());
+        set(CURLOPT_SSLCERTTYPE, "PEM");
+      }
+      if (!req.client_key.empty()) {
+        set(CURLOPT_SSLKEY, req.client_key.c_str());
+        set(CURLOPT_SSLKEYTYPE, "PEM");
+      }
+      set(CURLOPT_USERAGENT, options_.user_agent.c_str());
+      set(CURLOPT_ERRORBUFFER, t.error);
+      set(CURLOPT_WRITEFUNCTION, on_body);
+      set(CURLOPT_WRITEDATA, static_cast<void*>(&t));
+      set(CURLOPT_HEADERFUNCTION, on_header);
+      set(CURLOPT_HEADERDATA, static_cast<void*>(&t));
+      set(CURLOPT_OPENSOCKETFUNCTION, on_open_socket);
+      set(CURLOPT_OPENSOCKETDATA, static_cast<void*>(&t));
+      if (iequals(req.method, "GET")) {
+        set(CURLOPT_HTTPGET, 1L);
+      } else if (iequals(req.method, "HEAD")) {
+        set(CURLOPT_NOBODY, 1L);
+      } else if (req.method != "POST") {
+        set(CURLOPT_CUSTOMREQUEST, req.method.c_str());
+      }
+      t.set_method = req.method;
+      t.set_cert = req.client_cert;
+      t.set_key = req.client_key;
+      t.configured = true;
     }
-    if (!req.client_key.empty()) {
-      set(CURLOPT_SSLKEY, req.client_key.c_str());
-      set(CURLOPT_SSLKEYTYPE, "PEM");
+    if (t.set_url != req.url) {
+      set(CURLOPT_URL, req.url.c_str());  // libcurl keeps its own copy
+      t.set_url = req.url;
     }
-    set(CURLOPT_USERAGENT, options_.user_agent.c_str());
-    set(CURLOPT_ERRORBUFFER, t.error);
-    set(CURLOPT_WRITEFUNCTION, on_body);
-    set(CURLOPT_WRITEDATA, static_cast<void*>(&t));
-    set(CURLOPT_HEADERFUNCTION, on_header);
-    set(CURLOPT_HEADERDATA, static_cast<void*>(&t));
-    set(CURLOPT_OPENSOCKETFUNCTION, on_open_socket);
-    set(CURLOPT_OPENSOCKETDATA, static_cast<void*>(&t));
+    const long connect_ms =
+        static_cast<long>(std::max<std::int64_t>(1, req.connect_timeout.count()));
+    const long total_ms = static_cast<long>(std::max<std::int64_t>(1, req.timeout.count()));
+    if (t.set_connect_ms != connect_ms) set(CURLOPT_CONNECTTIMEOUT_MS, connect_ms);
+    if (t.set_total_ms != total_ms) set(CURLOPT_TIMEOUT_MS, total_ms);
+    t.set_connect_ms = connect_ms;
+    t.set_total_ms = total_ms;
+    if (with_body) {
+      set(CURLOPT_POSTFIELDS, req.body.data());
+      set(CURLOPT_POSTFIELDSIZE_LARGE, static_cast<curl_off_t>(req.body.size()));
+    }
 
+    // The header list points into req.headers (no copies); libcurl only reads it.
+    static char no_expect[] = "Expect:";              // no 100-continue round trip
+    static char no_content_type[] = "Content-Type:";  // libcurl would label the body a form
+    auto& nodes = t.header_nodes;
+    nodes.clear();
     bool has_content_type = false;
     for (const auto& hdr : req.headers) {
       if (starts_with_header(hdr, "Content-Type")) has_content_type = true;
-      t.headers = curl_slist_append(t.headers, hdr.c_str());
+      nodes.push_back(curl_slist{const_cast<char*>(hdr.c_str()), nullptr});
     }
-    // No 100-continue round trip: receivers answer the body anyway and it costs a wait.
-    t.headers = curl_slist_append(t.headers, "Expect:");
-
-    if (iequals(req.method, "GET")) {
-      set(CURLOPT_HTTPGET, 1L);
-    } else if (iequals(req.method, "HEAD")) {
-      set(CURLOPT_NOBODY, 1L);
-    } else {
-      // libcurl would otherwise label the body as a form.
-      if (!has_content_type) t.headers = curl_slist_append(t.headers, "Content-Type:");
-      set(CURLOPT_POSTFIELDS, req.body.data());
-      set(CURLOPT_POSTFIELDSIZE_LARGE, static_cast<curl_off_t>(req.body.size()));
-      if (req.method != "POST") set(CURLOPT_CUSTOMREQUEST, req.method.c_str());
-    }
-    if (!t.headers) return false;
-    set(CURLOPT_HTTPHEADER, t.headers);
+    nodes.push_back(curl_slist{no_expect, nullptr});
+    if (with_body && !has_content_type) nodes.push_back(curl_slist{no_content_type, nullptr});
+    for (std::size_t i = 0; i + 1 < nodes.size(); ++i) nodes[i].next = &nodes[i + 1];
+    set(CURLOPT_HTTPHEADER, nodes.data());
+    if (!ok) t.configured = false;
     return ok;
   }
 
-  CURL* acquire() {
-    if (!free_handles_.empty()) {
-      CURL* h = free_handles_.back();
-      free_handles_.pop_back();
-      return h;
+  std::unique_ptr<transfer> take_transfer() {
+    std::unique_ptr<transfer> t;
+    if (!free_.empty()) {
+      t = std::move(free_.back());
+      free_.pop_back();
+      return t;
     }
-    return curl_easy_init();
+    t = std::make_unique<transfer>();
+    t->max_body = options_.max_response_bytes;
+    t->connections = &connections_;
+    t->guard = &guard_;
+    t->guarded = options_.proxy.empty() && !guard_.allows_everything();
+    return t;
   }
 
-  void release(transfer& t) {
-    if (t.easy) {
-      curl_easy_reset(t.easy);
-      if (free_handles_.size() < max_free_handles) {
-        free_handles_.push_back(t.easy);
-      } else {
-        curl_easy_cleanup(t.easy);
-      }
-      t.easy = nullptr;
-    }
-    curl_slist_free_all(t.headers);
-    t.headers = nullptr;
+  // Back to the pool (its handle keeps its options), or freed beyond the pool's bound.
+  void recycle(std::unique_ptr<transfer> t) {
+    if (free_.size() < max_free_transfers) free_.push_back(std::move(t));
   }
 
   void collect(shard& sh) {
@@ -610,8 +736,9 @@ class transport::impl {
       active_[t->index]->index = t->index;
       active_.pop_back();
       std::unique_ptr<transfer> owned(t);
-      release(*owned);
-      deliver(std::move(owned->resp));
+      leave_group(owned->req);
+      done_.push_back(std::move(owned->resp));
+      recycle(std::move(owned));
     }
   }
 
@@ -657,25 +784,36 @@ class transport::impl {
     return reported + t.req.body.size();
   }
 
+  // On the loop thread: the response goes out with the next flush().
   void finish_early(std::unique_ptr<transfer> t, error_kind kind, std::string message) {
     t->resp.kind = kind;
     t->resp.error = std::move(message);
     if (kind == error_kind::refused) {
       logger_->warn("transport: request {} not sent: {}", t->resp.token, t->resp.error);
     }
-    deliver(std::move(t->resp));
+    leave_group(t->req);
+    done_.push_back(std::move(t->resp));
+    recycle(std::move(t));
+  }
+
+  static http_response cancelled_response(std::uint64_t token,
+                                          std::string why = "transport stopped") {
+    http_response resp;
+    resp.token = token;
+    resp.kind = error_kind::cancelled;
+    resp.error = std::move(why);
+    return resp;
   }
 
   void cancel_all() {
     for (auto* raw : active_) {
       std::unique_ptr<transfer> t(raw);
       curl_multi_remove_handle(t->home->multi, t->easy);
-      release(*t);
       t->resp.kind = error_kind::cancelled;
       t->resp.error = "transport stopped";
       t->resp.duration = std::chrono::duration_cast<std::chrono::microseconds>(
           std::chrono::steady_clock::now() - t->started);
-      deliver(std::move(t->resp));
+      done_.push_back(std::move(t->resp));
     }
     active_.clear();
     std::deque<http_request> left;
@@ -683,19 +821,26 @@ class transport::impl {
       std::lock_guard lock(mutex_);
       left.swap(queue_);
     }
-    for (auto& req : left) {
-      http_response resp;
-      resp.token = req.token;
-      resp.kind = error_kind::cancelled;
-      resp.error = "transport stopped";
-      deliver(std::move(resp));
-    }
+    for (auto& req : left) done_.push_back(cancelled_response(req.token));
+    for (auto& req : ready_) done_.push_back(cancelled_response(req.token));
+    ready_.clear();
+    for (auto& [id, g] : groups_)
+      for (auto& req : g.blocked) done_.push_back(cancelled_response(req.token));
+    groups_.clear();
+    flush();
   }
 
-  void deliver(http_response&& resp) {
-    in_flight_.fetch_sub(1, std::memory_order_relaxed);
+  // Hands what completed in this loop turn to the caller in one call.
+  void flush() {
+    if (done_.empty()) return;
+    in_flight_.fetch_sub(done_.size(), std::memory_order_relaxed);
+    call_back(done_);
+    done_.clear();
+  }
+
+  void call_back(std::vector<http_response>& batch) {
     try {
-      on_complete_(std::move(resp));
+      on_complete_(std::move(batch));
     } catch (const std::exception& e) {
       logger_->error("transport: completion callback threw: {}", e.what());
     } catch (...) {
@@ -703,13 +848,13 @@ class transport::impl {
     }
   }
 
-  // Idle handles beyond this are freed: connections and DNS cache live in the multi handle, so
-  // only the per-handle buffers would be kept.
-  static constexpr std::size_t max_free_handles = 256;
+  // Idle transfers (and their handles) beyond this are freed: connections and DNS cache live in
+  // the multi handle, so only the per-handle buffers and options would be kept.
+  static constexpr std::size_t max_free_transfers = 256;
 
   transport_options options_;
   address_guard guard_;
-  completion on_complete_;
+  batch_completion on_complete_;
   std::shared_ptr<spdlog::logger> logger_;
   // Endpoints are spread over this many multi handles by the epoll engine.
   static constexpr std::size_t epoll_shards = 64;
@@ -720,6 +865,7 @@ class transport::impl {
   std::mutex join_mutex_;
   std::mutex mutex_;
   std::deque<http_request> queue_;
+  std::vector<std::uint64_t> cancel_groups_;  // cancel_waiting() calls not yet handled
   bool stopping_ = false;
 
   std::atomic<std::size_t> in_flight_{0};
@@ -727,8 +873,15 @@ class transport::impl {
 
   // Loop thread only.
   std::vector<transfer*> active_;
-  std::vector<CURL*> free_handles_;
+  std::vector<std::unique_ptr<transfer>> free_;
+  std::vector<http_response> done_;  // completed in this loop turn, not yet handed over
   std::deque<http_request> incoming_;
+  std::deque<http_request> ready_;  // admitted, waiting for a running slot (max_running)
+  struct group_state {
+    std::size_t admitted = 0;          // running or in ready_
+    std::deque<http_request> blocked;  // over the group's limit
+  };
+  std::unordered_map<std::uint64_t, group_state> groups_;
   // The last URL that passed precheck and its endpoint key (most traffic repeats a URL).
   std::string last_url_;
   std::string last_endpoint_;
@@ -736,21 +889,39 @@ class transport::impl {
   int wake_fd_ = -1;
 };
 
-transport::transport(transport_options options, completion on_complete,
+transport::transport(transport_options options, batch_completion on_complete,
                      std::shared_ptr<spdlog::logger> logger)
     : impl_(std::make_unique<impl>(std::move(options), std::move(on_complete), std::move(logger))) {
 }
 
+transport::transport(transport_options options, completion on_complete,
+                     std::shared_ptr<spdlog::logger> logger)
+    : transport(std::move(options),
+                on_complete ? batch_completion([each = std::move(on_complete)](
+                                                   std::vector<http_response>&& batch) {
+                  for (auto& r : batch) each(std::move(r));
+                })
+                            : batch_completion{},
+                std::move(logger)) {}
+
 transport::~transport() = default;
 
 void transport::submit(http_request req) {
-  impl_->submit(std::move(req));
+  std::vector<http_request> one;
+  one.push_back(std::move(req));
+  impl_->submit(std::move(one));
+}
+void transport::submit(std::vector<http_request>&& batch) {
+  impl_->submit(std::move(batch));
 }
 std::size_t transport::in_flight() const {
   return impl_->in_flight();
 }
 std::uint64_t transport::connections_opened() const {
   return impl_->connections_opened();
+}
+void transport::cancel_waiting(std::uint64_t group) {
+  impl_->cancel_waiting(group);
 }
 void transport::stop() {
   impl_->stop();

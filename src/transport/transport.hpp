@@ -27,6 +27,11 @@ struct http_request {
   std::chrono::milliseconds timeout{15000};
   std::string client_cert;  ///< PEM file, optional (mTLS)
   std::string client_key;
+  /// With group_limit > 0, at most group_limit requests of the same group run at once; the rest
+  /// wait in the transport, in order, and start as soon as one of their group finishes (without
+  /// a round trip through the caller).
+  std::uint64_t group = 0;
+  std::size_t group_limit = 0;
 };
 
 enum class error_kind {
@@ -75,6 +80,10 @@ struct transport_options {
   /// CURLMOPT_MAXCONNECTS (idle connection cache) per multi handle; 0 = libcurl default.
   std::size_t max_connections = 0;
   loop_engine engine = loop_engine::epoll;
+  /// At most this many requests run at once (0: no cap); the rest wait in the transport, in
+  /// order. A caller that submits a little more than it lets run keeps every slot busy while it
+  /// prepares the next requests.
+  std::size_t max_running = 0;
 };
 
 /// The std::error_category for CURLcode values.
@@ -83,7 +92,12 @@ const std::error_category& curl_category();
 class transport {
  public:
   using completion = std::function<void(http_response&&)>;
+  /// Receives every response that completed in one turn of the loop (one call, one lock on the
+  /// caller's side); may move from the vector.
+  using batch_completion = std::function<void(std::vector<http_response>&&)>;
   transport(transport_options options, completion on_complete,
+            std::shared_ptr<spdlog::logger> logger);
+  transport(transport_options options, batch_completion on_complete,
             std::shared_ptr<spdlog::logger> logger);
   /// Cancels everything still in flight (each completes with error_kind::cancelled) and joins.
   ~transport();
@@ -93,10 +107,15 @@ class transport {
   /// Queues a request and wakes the loop. Never blocks on the network. After stop() the request
   /// completes at once, on the calling thread, with error_kind::cancelled.
   void submit(http_request req);
-  /// Requests submitted and not yet completed (queued or running).
+  /// Queues every request of `batch` with one lock and at most one wake-up; leaves it empty.
+  void submit(std::vector<http_request>&& batch);
+  /// Requests submitted and not yet completed (queued, waiting for a slot, or running).
   std::size_t in_flight() const;
   /// New TCP connections opened so far (for keep-alive assertions and metrics).
   std::uint64_t connections_opened() const;
+  /// Requests of `group` that have not started yet complete with error_kind::cancelled (soon,
+  /// on the transport's thread); running ones go on.
+  void cancel_waiting(std::uint64_t group);
   /// Stops the loop; requests still queued or running complete with error_kind::cancelled
   /// before stop() returns (when called from the completion callback: after the callback).
   void stop();
