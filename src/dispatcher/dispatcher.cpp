@@ -48,10 +48,12 @@ std::string iso(time_point t) {
 dispatcher::dispatcher(dispatcher_context ctx)
     : ctx_(std::move(ctx)), shared_(std::make_shared<shared>()), rng_(std::random_device{}()) {
   const auto& d = ctx_.delivery;
-  // A request may wait in the transport behind its endpoint's running requests and then behind
-  // the global cap before its own run: each wait is at most one request timeout.
-  lease_ =
-      duration_cast<milliseconds>(d.request_timeout * (submit_depth + 1) + std::chrono::seconds(5));
+  // A claimed message waits at most hold_ in its endpoint's queue here (then it is given back).
+  // Handed to the transport, it waits at most two request timeouts for its endpoint (the
+  // requests admitted ahead of it each wait at most one for a global slot and run at most one),
+  // one for a global slot, and runs at most one: the lease outlasts all of that.
+  hold_ = duration_cast<milliseconds>(d.request_timeout + std::chrono::seconds(5));
+  lease_ = hold_ + duration_cast<milliseconds>(d.request_timeout * 4 + std::chrono::seconds(5));
   flight_cap_ = std::max<std::size_t>(1, d.max_in_flight) * submit_depth;
   endpoint_cap_ = std::max<std::size_t>(1, d.endpoint_concurrency) * submit_depth;
   queue_cap_ = std::max<std::size_t>(32, d.endpoint_concurrency * 2);
@@ -433,7 +435,7 @@ void dispatcher::pump(time_point now) {
         defer(w, ep.breaker.open_until());
         continue;
       }
-      if (w.claimed + lease_ / 2 <= now) {
+      if (w.claimed + hold_ <= now) {
         // Held long enough that its lease is at risk: give it back rather than send it twice.
         defer(w, now);
         continue;
@@ -682,7 +684,7 @@ time_point dispatcher::next_wake(time_point now) {
     auto it = endpoints_.find(key);
     if (it == endpoints_.end() || it->second.queue.empty()) continue;
     const auto& ep = it->second;
-    at = std::min(at, ep.queue.front().claimed + lease_ / 2);
+    at = std::min(at, ep.queue.front().claimed + hold_);
     if (!ep.bucket.available(now)) at = std::min(at, ep.bucket.next_token(now));
     if (ep.breaker.is_open(now)) at = std::min(at, ep.breaker.open_until());
   }

@@ -117,6 +117,7 @@ class dispatcher {
 
   dispatcher_context ctx_;
   std::chrono::milliseconds lease_;
+  std::chrono::milliseconds hold_;  // longest wait in an endpoint's queue before giving it back
   std::size_t queue_cap_;
   circuit_breaker_options breaker_options_;
   std::unique_ptr<transport> transport_;

@@ -14,6 +14,7 @@
 #include <cerrno>
 #include <cstring>
 #include <deque>
+#include <exception>
 #include <mutex>
 #include <thread>
 #include <unordered_map>
@@ -332,10 +333,12 @@ class transport::impl {
       incoming_.swap(queue_);
       cancels.swap(cancel_groups_);
     }
-    for (auto group : cancels) cancel_group(group);
+    // Admitted first: a cancel also reaches what was submitted before it.
     for (auto& req : incoming_) admit(std::move(req));
     incoming_.clear();
+    for (auto group : cancels) cancel_group(group);
     start_ready();
+    flush();  // cancellations and early failures go out now, not after the next wait
     return true;
   }
 
@@ -899,7 +902,17 @@ transport::transport(transport_options options, completion on_complete,
     : transport(std::move(options),
                 on_complete ? batch_completion([each = std::move(on_complete)](
                                                    std::vector<http_response>&& batch) {
-                  for (auto& r : batch) each(std::move(r));
+                  // Each response on its own: one that throws must not drop the others; the
+                  // first error is rethrown for the transport to log.
+                  std::exception_ptr first;
+                  for (auto& r : batch) {
+                    try {
+                      each(std::move(r));
+                    } catch (...) {
+                      if (!first) first = std::current_exception();
+                    }
+                  }
+                  if (first) std::rethrow_exception(first);
                 })
                             : batch_completion{},
                 std::move(logger)) {}
