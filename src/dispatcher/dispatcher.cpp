@@ -166,7 +166,7 @@ void dispatcher::run() {
     bool failed = false;
     try {
       for (auto& r : done) handle(std::move(r), now);
-      record_results();
+      record_results(now);
       if (stopping) {
         drain_local(now);
       } else {
@@ -226,7 +226,7 @@ void dispatcher::run() {
                    [&] { return sh.woken || !sh.completions.empty() || sh.stopping != stopping; });
   }
   try {
-    record_results();  // what the last turn left, if a store error interrupted it
+    record_results(ctx_.clock->now());  // what the last turn left, if a store error stopped it
   } catch (const std::exception& e) {
     ctx_.logger->error("dispatcher: {}", e.what());
   }
@@ -531,8 +531,8 @@ void dispatcher::handle(http_response&& r, time_point now) {
       m.status = message_status::delivered;
       m.last_error.clear();
       note_success(m.subscription_id);
-      if (m.ordered) finish_ordered(m.subscription_id, now);
-      delivered_.push_back(std::move(m));  // counted and announced once recorded
+      // Counted and announced once recorded; an ordered successor goes only after that too.
+      delivered_.push_back(std::move(m));
       return;
     case outcome::kind::gone:
       dead(m, o.reason, &rec);
@@ -572,24 +572,35 @@ void dispatcher::handle(http_response&& r, time_point now) {
   if (m.ordered) finish_ordered(m.subscription_id, now);
 }
 
-void dispatcher::record_results() {
+void dispatcher::record_results(time_point now) {
   if (results_.empty() && delivered_.empty()) return;
-  struct clear_on_exit {
-    dispatcher& d;
-    ~clear_on_exit() {
-      d.results_.clear();
-      d.delivered_.clear();
+  std::vector<message> delivered;
+  delivered.swap(delivered_);
+  try {
+    ctx_.store->record_results(results_);
+  } catch (...) {
+    // The messages stay leased in the store and go again when the lease runs out
+    // (at-least-once), never lost. An ordered subscription's successors go back to the store
+    // too: the store hands them out only after that head.
+    results_.clear();
+    for (const auto& m : delivered) {
+      if (!m.ordered) continue;
+      ordered_busy_.erase(m.subscription_id);
+      auto it = parked_.find(m.subscription_id);
+      if (it == parked_.end()) continue;
+      for (auto& p : it->second) ctx_.store->release(p.id, now);
+      parked_count_ -= it->second.size();
+      parked_.erase(it);
     }
-  } guard{*this};
-  // A store that throws here leaves the messages leased: they are sent again when the lease
-  // runs out (at-least-once), never lost.
-  ctx_.store->record_results(results_);
-  const auto n = delivered_.size();
-  if (n == 0) return;
-  ctx_.counters->delivered.fetch_add(n, std::memory_order_relaxed);
-  if (ctx_.on_finished) ctx_.on_finished(n);
-  if (ctx_.hooks.on_delivered)
-    for (const auto& m : delivered_) call_hook("on_delivered", [&] { ctx_.hooks.on_delivered(m); });
+    throw;
+  }
+  results_.clear();
+  ctx_.counters->delivered.fetch_add(delivered.size(), std::memory_order_relaxed);
+  if (ctx_.on_finished && !delivered.empty()) ctx_.on_finished(delivered.size());
+  for (const auto& m : delivered) {
+    if (ctx_.hooks.on_delivered) call_hook("on_delivered", [&] { ctx_.hooks.on_delivered(m); });
+    if (m.ordered) finish_ordered(m.subscription_id, now);
+  }
 }
 
 void dispatcher::dead(const message& m, const std::string& reason, const attempt_record* a) {

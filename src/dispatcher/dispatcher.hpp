@@ -101,8 +101,9 @@ class dispatcher {
   void defer(waiting& w, time_point at);
   void finish_ordered(const std::string& subscription_id, time_point now);
   void dead(const message& m, const std::string& reason, const attempt_record* a);
-  /// Records results_ in the store, then counts and announces delivered_.
-  void record_results();
+  /// Records results_ in the store, then counts and announces delivered_ and lets the next
+  /// message of an ordered subscription go.
+  void record_results(time_point now);
   void note_failure(const subscription& sub, const std::string& reason, time_point now,
                     bool& disabled);
   void note_success(const std::string& subscription_id);
