@@ -5,7 +5,7 @@
 //
 // Usage: pipeline_load --url http://127.0.0.1:PORT/hook [--messages N] [--concurrency K]
 //                      [--pairs P] [--work DIR]
-//                      [--only memory]
+//                      [--only memory|sqlite]
 // With HOOKLINE_BENCH_PG set (a libpq conninfo) it also measures the PostgreSQL store with one and
 // two workers. scripts/bench.sh starts nginx and PostgreSQL and runs it.
 #include <curl/curl.h>
@@ -40,7 +40,7 @@ struct config {
   std::size_t concurrency = 64;
   std::size_t pairs = 5;
   std::string work = "/tmp";
-  std::string only;  ///< "memory": only the memory store vs raw loop pairs (for quick iteration)
+  std::string only;  ///< "memory" or "sqlite": only that store vs raw loop pairs (quick iteration)
 };
 
 double seconds_since(clock_type::time_point t0) {
@@ -456,11 +456,19 @@ int main(int argc, char** argv) {
               cfg.messages, cfg.concurrency, cfg.pairs, cfg.url.c_str());
 
   std::vector<double> raw, mem, raw2, lite, raw_cpu, mem_cpu;
-  std::map<std::string, thread_use> mem_threads;
+  std::map<std::string, thread_use> mem_threads, lite_threads;
+  auto print_threads = [&](const std::map<std::string, thread_use>& threads) {
+    std::printf("%-28s", "hookline by thread");
+    const double n = double(cfg.pairs);
+    for (const auto& [name, use] : threads)
+      if (use.cpu / n >= 0.5)
+        std::printf("  %s %.1f us %.2f sw", name.c_str(), use.cpu / n, use.switches / n);
+    std::printf("  (CPU and context switches per message)\n");
+  };
   // CPU per message (all threads of this process) is steadier than rates on a shared machine:
   // it says how much of a core each message costs whatever else is running.
   auto cpu_us = [&](double c0) { return (cpu_seconds() - c0) * 1e6 / double(cfg.messages); };
-  for (std::size_t p = 0; p < cfg.pairs; ++p) {
+  for (std::size_t p = 0; p < cfg.pairs && cfg.only != "sqlite"; ++p) {
     double c0 = cpu_seconds();
     raw.push_back(raw_loop(cfg, body));
     raw_cpu.push_back(cpu_us(c0));
@@ -468,18 +476,13 @@ int main(int argc, char** argv) {
     mem.push_back(pipeline(cfg, "memory:", &mem_threads));
     mem_cpu.push_back(cpu_us(c0));
   }
-  report("memory store vs raw loop", raw, mem);
-  {
+  if (cfg.only != "sqlite") {
+    report("memory store vs raw loop", raw, mem);
     auto a = summarize(raw_cpu);
     auto b = summarize(mem_cpu);
     std::printf("%-28s raw %.1f us (%.1f-%.1f)  hookline %.1f us (%.1f-%.1f)\n", "CPU per message",
                 a.median, a.min, a.max, b.median, b.min, b.max);
-    std::printf("%-28s", "hookline by thread");
-    const double n = double(cfg.pairs);
-    for (const auto& [name, use] : mem_threads)
-      if (use.cpu / n >= 0.5)
-        std::printf("  %s %.1f us %.2f sw", name.c_str(), use.cpu / n, use.switches / n);
-    std::printf("  (CPU and context switches per message)\n");
+    print_threads(mem_threads);
   }
   if (cfg.only == "memory") {
     curl_global_cleanup();
@@ -489,9 +492,14 @@ int main(int argc, char** argv) {
   for (std::size_t p = 0; p < cfg.pairs; ++p) {
     std::filesystem::remove(db);
     raw2.push_back(raw_loop(cfg, body));
-    lite.push_back(pipeline(cfg, "sqlite:" + db.string()));
+    lite.push_back(pipeline(cfg, "sqlite:" + db.string(), &lite_threads));
   }
   report("sqlite store vs raw loop", raw2, lite);
+  print_threads(lite_threads);
+  if (cfg.only == "sqlite") {
+    curl_global_cleanup();
+    return 0;
+  }
   {
     std::vector<double> ratios;
     for (std::size_t i = 0; i < lite.size(); ++i) ratios.push_back(lite[i] / mem[i]);

@@ -146,6 +146,38 @@ TEST_F(sqlite_store, leases_of_a_live_process_are_kept) {
   EXPECT_EQ(second->counts(t0_ + 1s).in_flight, 1u);
 }
 
+// A file written by schema version 1 (before the lease index) opens with its messages and gets
+// the new index.
+TEST_F(sqlite_store, a_version_1_file_is_migrated_in_place) {
+  {
+    auto s = open();
+    std::vector<message> b{make_message("m1", "s1", t0_)};
+    s->enqueue(b);
+  }
+  {
+    sqlite3* db = nullptr;
+    ASSERT_EQ(sqlite3_open(path_.c_str(), &db), SQLITE_OK);
+    ASSERT_EQ(sqlite3_exec(db,
+                           "DROP INDEX messages_lease_until; "
+                           "DELETE FROM schema_version WHERE version > 1",
+                           nullptr, nullptr, nullptr),
+              SQLITE_OK);
+    sqlite3_close(db);
+  }
+  ASSERT_EQ(scalar(path_, "SELECT max(version) FROM schema_version"), 1);
+  {
+    auto s = open();
+    ASSERT_TRUE(s->get("m1"));
+    EXPECT_EQ(s->get("m1")->status, message_status::pending);
+    EXPECT_EQ(s->claim(claim_at(t0_)).size(), 1u);
+    EXPECT_EQ(s->next_due(t0_), t0_ + claim_at(t0_).lease);  // found through the new index
+  }
+  EXPECT_EQ(scalar(path_, "SELECT max(version) FROM schema_version"),
+            detail::sqlite_schema_version);
+  EXPECT_EQ(scalar(path_, "SELECT count(*) FROM sqlite_master WHERE name = 'messages_lease_until'"),
+            1);
+}
+
 TEST_F(sqlite_store, migration_version_and_wal_mode_are_recorded) {
   { auto s = open(); }
   { auto s = open(); }  // a second open applies nothing again

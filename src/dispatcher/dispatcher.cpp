@@ -55,6 +55,9 @@ dispatcher::dispatcher(dispatcher_context ctx)
   hold_ = duration_cast<milliseconds>(d.request_timeout + std::chrono::seconds(5));
   lease_ = hold_ + duration_cast<milliseconds>(d.request_timeout * 4 + std::chrono::seconds(5));
   flight_cap_ = std::max<std::size_t>(1, d.max_in_flight) * submit_depth;
+  // One more round of messages is claimed ahead and waits in the endpoint queues, so a slow
+  // claim (a store busy committing) does not leave the transport without work.
+  claim_cap_ = flight_cap_ + std::max<std::size_t>(1, d.max_in_flight);
   endpoint_cap_ = std::max<std::size_t>(1, d.endpoint_concurrency) * submit_depth;
   queue_cap_ = std::max<std::size_t>(32, d.endpoint_concurrency * 2);
   claim_limit_ = std::clamp<std::size_t>(d.max_in_flight, 1, max_claim);
@@ -244,12 +247,12 @@ void dispatcher::turn(time_point now) {
   // With no subscriptions every claimed message would die as "subscription removed": a hub
   // opened on a store with pending messages waits until the host has loaded its subscriptions.
   if (ctx_.subscriptions->current()->size() == 0) return;
-  const auto max_in_flight = flight_cap_;
-  for (int round = 0; round < 8 && in_flight_ < max_in_flight && t >= claim_pause_until_; ++round) {
+  for (int round = 0; round < 8 && in_flight_ + waiting_ < claim_cap_ && t >= claim_pause_until_;
+       ++round) {
     const auto due = ctx_.store->next_due(now);
     if (!due || *due > now) break;
     claim_request req;
-    req.max = std::min(max_in_flight - in_flight_, claim_limit_);
+    req.max = std::min(claim_cap_ - (in_flight_ + waiting_), claim_limit_);
     req.now = now;
     req.lease = lease_;
     req.worker_id = ctx_.worker_id;
@@ -269,7 +272,7 @@ void dispatcher::turn(time_point now) {
     if (deferred * 2 > n)
       claim_limit_ = std::max<std::size_t>(8, claim_limit_ / 2);
     else
-      claim_limit_ = std::min(std::min(max_claim, max_in_flight), claim_limit_ * 2);
+      claim_limit_ = std::min(std::min(max_claim, claim_cap_), claim_limit_ * 2);
     if (deferred == n) {
       claim_pause_until_ = t + milliseconds(50);
       break;
@@ -684,7 +687,7 @@ void dispatcher::drain_local(time_point now) {
 
 time_point dispatcher::next_wake(time_point now) {
   time_point at = now + std::chrono::hours(1);
-  if (in_flight_ < flight_cap_ && ctx_.subscriptions->current()->size() != 0) {
+  if (in_flight_ + waiting_ < claim_cap_ && ctx_.subscriptions->current()->size() != 0) {
     if (steady::now() < claim_pause_until_) {
       at = std::min(at, now + milliseconds(50));
     } else if (auto due = ctx_.store->next_due(now)) {

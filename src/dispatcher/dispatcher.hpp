@@ -161,6 +161,7 @@ class dispatcher {
   std::uint64_t next_token_ = 1;
   std::uint64_t next_endpoint_id_ = 1;
   std::size_t flight_cap_ = 1;    // requests handed to the transport, in total
+  std::size_t claim_cap_ = 1;     // messages claimed and not finished (in flight or queued)
   std::size_t endpoint_cap_ = 1;  // and per endpoint
   bool draining_ = false;
   std::size_t in_flight_ = 0;

@@ -106,6 +106,10 @@ CREATE TABLE subscriptions(
   json TEXT NOT NULL,
   updated_at TIMESTAMPTZ NOT NULL DEFAULT now());
 )sql",
+    // 2: next_due() finds the earliest lease end without scanning every pending message.
+    R"sql(
+CREATE INDEX messages_lease_until ON messages(lease_until) WHERE lease_until IS NOT NULL;
+)sql",
 };
 static_assert(std::size(kMigrations) == postgres_schema_version);
 

@@ -2,6 +2,8 @@
 // Helpers shared by the SQL stores (SQLite, PostgreSQL). Thread safety: group_committer is safe
 // to use from any thread; the free functions are pure.
 
+#include <pthread.h>
+
 #include <algorithm>
 #include <chrono>
 #include <condition_variable>
@@ -48,6 +50,25 @@ struct status_buckets {
     if (code >= 300 && code < 400) s3 = 1;
     if (code >= 400 && code < 500) s4 = 1;
     if (code >= 500 && code < 600) s5 = 1;
+  }
+};
+
+/// Statistics of several attempts of one subscription, added to its row in one statement.
+struct stats_delta {
+  std::int64_t calls = 0, s1 = 0, s2 = 0, s3 = 0, s4 = 0, s5 = 0, failures = 0, errors = 0;
+  std::int64_t request_bytes = 0, response_bytes = 0;
+  void add(const attempt_record& a) {
+    const status_buckets b(a.status_code);
+    ++calls;
+    s1 += b.s1;
+    s2 += b.s2;
+    s3 += b.s3;
+    s4 += b.s4;
+    s5 += b.s5;
+    failures += a.success ? 0 : 1;
+    errors += a.status_code == 0 ? 1 : 0;
+    request_bytes += static_cast<std::int64_t>(a.request_length);
+    response_bytes += static_cast<std::int64_t>(a.response_length);
   }
 };
 
@@ -98,7 +119,10 @@ class group_committer {
 
   group_committer(batch_fn fn, std::shared_ptr<spdlog::logger> log, std::size_t max_batch = 2048)
       : fn_(std::move(fn)), log_(std::move(log)), max_batch_(max_batch) {
-    thread_ = std::thread([this] { loop(); });
+    thread_ = std::thread([this] {
+      pthread_setname_np(pthread_self(), "hookline-commit");  // for top, perf and gdb
+      loop();
+    });
   }
   ~group_committer() { stop(); }
   group_committer(const group_committer&) = delete;
@@ -212,7 +236,12 @@ class retention_pruner {
                    std::shared_ptr<spdlog::logger> log,
                    std::chrono::milliseconds interval = std::chrono::minutes(10))
       : store_(store), retention_(retention), log_(std::move(log)), interval_(interval) {
-    if (retention_.count() > 0) thread_ = std::thread([this] { loop(); });
+    if (retention_.count() > 0) {
+      thread_ = std::thread([this] {
+        pthread_setname_np(pthread_self(), "hookline-prune");
+        loop();
+      });
+    }
   }
   ~retention_pruner() { stop(); }
   retention_pruner(const retention_pruner&) = delete;

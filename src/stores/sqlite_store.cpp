@@ -92,6 +92,10 @@ CREATE TABLE subscription_stats(
   request_bytes INTEGER NOT NULL DEFAULT 0,
   response_bytes INTEGER NOT NULL DEFAULT 0);
 )sql",
+    // 2: next_due() finds the earliest lease end without scanning every pending message.
+    R"sql(
+CREATE INDEX messages_lease_until ON messages(lease_until) WHERE lease_until IS NOT NULL;
+)sql",
 };
 static_assert(std::size(kMigrations) == sqlite_schema_version);
 
@@ -428,22 +432,25 @@ class sqlite_store final : public delivery_store {
     post("reschedule", [this, id, next, a] { write_reschedule(id, next, a); });
   }
 
-  // One committer operation for the whole batch.
+  // One committer operation for the whole batch, and one statistics update per subscription.
   void record_results(std::vector<attempt_result>& results) override {
     if (results.empty()) return;
     post("record_results", [this, batch = std::move(results)] {
+      std::map<std::string, stats_delta> stats;
       for (const auto& r : batch) {
         if (r.retry_at) {
-          write_reschedule(r.message_id, *r.retry_at, r.attempt);
+          write_reschedule(r.message_id, *r.retry_at, r.attempt, &stats);
         } else {
-          write_complete(r.message_id, r.attempt);
+          write_complete(r.message_id, r.attempt, &stats);
         }
       }
+      for (const auto& [subscription_id, d] : stats) add_stats(subscription_id, d);
     });
     results.clear();
   }
 
-  void write_complete(const std::string& id, const attempt_record& a) {
+  void write_complete(const std::string& id, const attempt_record& a,
+                      std::map<std::string, stats_delta>* stats = nullptr) {
     auto s = writer_->use(
         "UPDATE messages SET status = 'delivered', lease_owner = NULL, lease_until = NULL, "
         "attempts = CASE WHEN ?2 > 0 THEN max(attempts, ?2) ELSE attempts + 1 END, "
@@ -451,10 +458,11 @@ class sqlite_store final : public delivery_store {
     s->bind(1, id).bind(2, a.attempt).bind(3, a.status_code).bind(4, a.error);
     s->bind(5, to_ns(attempt_end(a)));
     s->run();
-    record_attempt(a);
+    record_attempt(a, stats);
   }
 
-  void write_reschedule(const std::string& id, time_point next, const attempt_record& a) {
+  void write_reschedule(const std::string& id, time_point next, const attempt_record& a,
+                        std::map<std::string, stats_delta>* stats = nullptr) {
     auto s = writer_->use(
         "UPDATE messages SET next_attempt_at = ?5, lease_owner = NULL, lease_until = NULL, "
         "attempts = CASE WHEN ?2 > 0 THEN max(attempts, ?2) ELSE attempts + 1 END, "
@@ -463,7 +471,7 @@ class sqlite_store final : public delivery_store {
     s->bind(1, id).bind(2, a.attempt).bind(3, a.status_code).bind(4, a.error);
     s->bind(5, to_ns(next)).bind(6, to_ns(attempt_end(a)));
     s->run();
-    record_attempt(a);
+    record_attempt(a, stats);
   }
 
   void dead_letter(const std::string& id, const std::string& reason,
@@ -650,8 +658,9 @@ class sqlite_store final : public delivery_store {
       auto s = reader_->use(
           "SELECT (SELECT min(c.next_attempt_at) FROM messages c WHERE c.status = 'pending' "
           "AND (c.lease_until IS NULL OR c.lease_until <= ?1) " ORDERED_HEAD("c") "), "
-          "(SELECT min(lease_until) FROM messages WHERE status = 'pending' "
-          "AND lease_until > ?1)");
+          // `+status`: search the small lease index, not every pending message.
+          "(SELECT min(lease_until) FROM messages WHERE lease_until > ?1 "
+          "AND +status = 'pending')");
       s->bind(1, to_ns(now));
       if (!s->step()) return std::nullopt;
       std::optional<time_point> best;
@@ -829,7 +838,10 @@ class sqlite_store final : public delivery_store {
     return f();
   }
 
-  void record_attempt(const attempt_record& a) {
+  // Inserts the attempt; its statistics go into `stats` (written later, once per subscription)
+  // or, without it, straight to the table.
+  void record_attempt(const attempt_record& a,
+                      std::map<std::string, stats_delta>* stats = nullptr) {
     {
       auto s = writer_->use(std::string("INSERT INTO attempts(") + kAttemptColumns +
                             ") VALUES(?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, "
@@ -841,12 +853,21 @@ class sqlite_store final : public delivery_store {
       s->bind(13, a.response_length).bind(14, a.response_head).bind(15, a.success);
       s->run();
     }
-    const status_buckets b(a.status_code);
+    if (stats != nullptr) {
+      (*stats)[a.subscription_id].add(a);
+      return;
+    }
+    stats_delta d;
+    d.add(a);
+    add_stats(a.subscription_id, d);
+  }
+
+  void add_stats(const std::string& subscription_id, const stats_delta& d) {
     auto s = writer_->use(
         "INSERT INTO subscription_stats(subscription_id, calls, status_1xx, status_2xx, "
         "status_3xx, status_4xx, status_5xx, failures, errors, request_bytes, response_bytes) "
-        "VALUES(?1, 1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10) ON CONFLICT(subscription_id) DO "
-        "UPDATE SET calls = calls + 1, status_1xx = status_1xx + excluded.status_1xx, "
+        "VALUES(?1, ?11, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10) ON CONFLICT(subscription_id) DO "
+        "UPDATE SET calls = calls + excluded.calls, status_1xx = status_1xx + excluded.status_1xx, "
         "status_2xx = status_2xx + excluded.status_2xx, "
         "status_3xx = status_3xx + excluded.status_3xx, "
         "status_4xx = status_4xx + excluded.status_4xx, "
@@ -854,9 +875,9 @@ class sqlite_store final : public delivery_store {
         "failures = failures + excluded.failures, errors = errors + excluded.errors, "
         "request_bytes = request_bytes + excluded.request_bytes, "
         "response_bytes = response_bytes + excluded.response_bytes");
-    s->bind(1, a.subscription_id).bind(2, b.s1).bind(3, b.s2).bind(4, b.s3).bind(5, b.s4);
-    s->bind(6, b.s5).bind(7, a.success ? 0 : 1).bind(8, a.status_code == 0 ? 1 : 0);
-    s->bind(9, a.request_length).bind(10, a.response_length);
+    s->bind(1, subscription_id).bind(2, d.s1).bind(3, d.s2).bind(4, d.s3).bind(5, d.s4);
+    s->bind(6, d.s5).bind(7, d.failures).bind(8, d.errors);
+    s->bind(9, d.request_bytes).bind(10, d.response_bytes).bind(11, d.calls);
     s->run();
   }
 
