@@ -5,7 +5,7 @@
 //
 // Usage: pipeline_load --url http://127.0.0.1:PORT/hook [--messages N] [--concurrency K]
 //                      [--pairs P] [--work DIR]
-//                      [--only memory|sqlite]
+//                      [--only memory|sqlite] [--raw-headers none|webhook]
 // With HOOKLINE_BENCH_PG set (a libpq conninfo) it also measures the PostgreSQL store with one and
 // two workers. scripts/bench.sh starts nginx and PostgreSQL and runs it.
 #include <curl/curl.h>
@@ -40,6 +40,8 @@ struct config {
   std::size_t concurrency = 64;
   std::size_t pairs = 5;
   std::string work = "/tmp";
+  /// "webhook": the raw loop also sends hookline's webhook-* headers and User-Agent.
+  std::string raw_headers = "none";
   std::string only;  ///< "memory" or "sqlite": only that store vs raw loop pairs (quick iteration)
 };
 
@@ -113,6 +115,14 @@ double raw_loop(const config& cfg, const std::string& body) {
   curl_slist* headers = nullptr;
   headers = curl_slist_append(headers, "Content-Type: application/json");
   headers = curl_slist_append(headers, "Expect:");
+  if (cfg.raw_headers == "webhook") {
+    // The headers hookline adds (same sizes): isolates the cost of the larger request.
+    headers = curl_slist_append(headers, "webhook-id: msg_2fQxY7Kp9LmN3vB8wR4tZ6hJ1cD5eA0s");
+    headers = curl_slist_append(headers, "webhook-timestamp: 1795781541");
+    headers = curl_slist_append(
+        headers, "webhook-signature: v1,g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OE=");
+    headers = curl_slist_append(headers, "User-Agent: hookline/0.1.0");
+  }
   auto start_one = [&](CURL* h) {
     curl_easy_setopt(h, CURLOPT_URL, cfg.url.c_str());
     curl_easy_setopt(h, CURLOPT_POSTFIELDS, body.data());
@@ -441,6 +451,8 @@ int main(int argc, char** argv) {
       cfg.work = v;
     else if (k == "--only")
       cfg.only = v;
+    else if (k == "--raw-headers")
+      cfg.raw_headers = v;
     else {
       std::cerr << "unknown option " << k << "\n";
       return 2;
@@ -452,8 +464,10 @@ int main(int argc, char** argv) {
   }
   curl_global_init(CURL_GLOBAL_DEFAULT);
   const std::string body = sample_body();
-  std::printf("pipeline_load: %zu messages per sample, concurrency %zu, %zu pairs, receiver %s\n",
-              cfg.messages, cfg.concurrency, cfg.pairs, cfg.url.c_str());
+  std::printf(
+      "pipeline_load: %zu messages per sample, concurrency %zu, %zu pairs, receiver %s, raw loop "
+      "headers: %s\n",
+      cfg.messages, cfg.concurrency, cfg.pairs, cfg.url.c_str(), cfg.raw_headers.c_str());
 
   std::vector<double> raw, mem, raw2, lite, raw_cpu, mem_cpu;
   std::map<std::string, thread_use> mem_threads, lite_threads;
