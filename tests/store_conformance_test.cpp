@@ -200,7 +200,10 @@ TEST_P(store_conformance, record_results_completes_and_reschedules_a_batch_in_or
   batch.push_back({"a", std::nullopt, make_attempt(claimed[0], 1, 204, t0_ + 1s, true)});
   batch.push_back({"b", t0_ + 30s, make_attempt(claimed[1], 1, 503, t0_ + 1s, false)});
   batch.push_back({"c", std::nullopt, make_attempt(claimed[2], 1, 200, t0_ + 1s, true)});
+  // A result for a message the store does not know records nothing.
+  batch.push_back({"unknown", std::nullopt, make_attempt(claimed[2], 1, 200, t0_ + 1s, true)});
   store_->record_results(batch);
+  EXPECT_FALSE(store_->get("unknown"));
   EXPECT_EQ(store_->get("a")->status, message_status::delivered);
   EXPECT_EQ(store_->get("c")->status, message_status::delivered);
   auto b = *store_->get("b");

@@ -128,14 +128,16 @@ constexpr const char* kAttemptColumns =
   ".subscription_id AND p.status = 'pending' "        \
   "AND p.sequence < " alias ".sequence)) "
 
-// Inserts the attempt ($1 key, $2..$16 fields) unless a retried batch already did, and adds it
-// to the subscription's counters only when it was inserted: retries never count twice.
+// Inserts the attempt ($1 key, $2..$16 fields) of a known message ($18) unless a retried batch
+// already did, and adds it to the subscription's counters only when it was inserted: retries
+// never count twice.
 constexpr const char* kAttemptCte =
     "WITH a AS (INSERT INTO attempts(attempt_key, message_id, subscription_id, event_id, "
     "event_name, url, http_method, attempt, started_at, duration_us, status_code, error, "
-    "request_length, response_length, response_head, success) VALUES($1, $2, $3, $4, $5, $6, "
+    "request_length, response_length, response_head, success) SELECT $1, $2, $3, $4, $5, $6, "
     "$7, $8::int, $9::bigint, $10::bigint, $11::int, $12, $13::bigint, $14::bigint, $15, "
-    "$16::boolean) ON CONFLICT (attempt_key) DO NOTHING RETURNING subscription_id, "
+    "$16::boolean WHERE EXISTS (SELECT 1 FROM messages WHERE id = $18) "
+    "ON CONFLICT (attempt_key) DO NOTHING RETURNING subscription_id, "
     "status_code, success, request_length, response_length), "
     "s AS (INSERT INTO subscription_stats AS t(subscription_id, calls, status_1xx, status_2xx, "
     "status_3xx, status_4xx, status_5xx, failures, errors, request_bytes, response_bytes) "

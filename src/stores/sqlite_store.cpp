@@ -458,7 +458,7 @@ class sqlite_store final : public delivery_store {
     s->bind(1, id).bind(2, a.attempt).bind(3, a.status_code).bind(4, a.error);
     s->bind(5, to_ns(attempt_end(a)));
     s->run();
-    record_attempt(a, stats);
+    record_if_known(id, a, stats);
   }
 
   void write_reschedule(const std::string& id, time_point next, const attempt_record& a,
@@ -471,6 +471,18 @@ class sqlite_store final : public delivery_store {
     s->bind(1, id).bind(2, a.attempt).bind(3, a.status_code).bind(4, a.error);
     s->bind(5, to_ns(next)).bind(6, to_ns(attempt_end(a)));
     s->run();
+    record_if_known(id, a, stats);
+  }
+
+  // Right after the UPDATE of message `id`: its attempt is recorded when the message exists
+  // (updated, or no longer pending), not for an unknown id (like the other stores).
+  void record_if_known(const std::string& id, const attempt_record& a,
+                       std::map<std::string, stats_delta>* stats = nullptr) {
+    if (writer_->changes() == 0) {
+      auto q = writer_->use("SELECT 1 FROM messages WHERE id = ?1");
+      q->bind(1, id);
+      if (!q->step()) return;
+    }
     record_attempt(a, stats);
   }
 
@@ -491,7 +503,7 @@ class sqlite_store final : public delivery_store {
         s->bind_null(2).bind_null(3).bind(5, to_ns(std::chrono::system_clock::now()));
       }
       s->run();
-      if (copy) record_attempt(*copy);
+      if (copy) record_if_known(id, *copy);
     });
   }
 
