@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <exception>
 
 #include "dispatcher/request.hpp"
 #include "signer.hpp"
@@ -168,7 +169,16 @@ void dispatcher::run() {
     draining_ = stopping;
     bool failed = false;
     try {
-      for (auto& r : done) handle(std::move(r), now);
+      // One response whose handling throws (a failing store) must not strand the others.
+      std::exception_ptr first_error;
+      for (auto& r : done) {
+        try {
+          handle(std::move(r), now);
+        } catch (...) {
+          if (!first_error) first_error = std::current_exception();
+        }
+      }
+      if (first_error) std::rethrow_exception(first_error);
       record_results(now);
       if (stopping) {
         drain_local(now);
@@ -244,6 +254,8 @@ void dispatcher::turn(time_point now) {
     last_sweep_ = t;
   }
   pump(now);
+  // What pump() started goes now: the claims below may wait on the store.
+  if (!outbox_.empty()) transport_->submit(std::move(outbox_));
   // With no subscriptions every claimed message would die as "subscription removed": a hub
   // opened on a store with pending messages waits until the host has loaded its subscriptions.
   if (ctx_.subscriptions->current()->size() == 0) return;
@@ -281,7 +293,8 @@ void dispatcher::turn(time_point now) {
   }
 }
 
-void dispatcher::route(message m, const std::shared_ptr<const snapshot>& snap, time_point now) {
+void dispatcher::route(message m, const std::shared_ptr<const snapshot>& snap, time_point now,
+                       std::optional<time_point> claimed) {
   if (draining_) {
     ctx_.store->release(m.id, now);  // stopping: nothing new starts
     return;
@@ -305,7 +318,7 @@ void dispatcher::route(message m, const std::shared_ptr<const snapshot>& snap, t
     if (ordered_busy_.count(m.subscription_id) != 0) {
       // Only possible after a replay moved an older message to the head: hold it until the
       // message in flight finishes, so one at a time still holds.
-      parked_[m.subscription_id].push_back(std::move(m));
+      parked_[m.subscription_id].push_back({std::move(m), claimed.value_or(now)});
       ++parked_count_;
       return;
     }
@@ -318,10 +331,14 @@ void dispatcher::route(message m, const std::shared_ptr<const snapshot>& snap, t
     ep.breaker.configure(breaker_options_);
     ep.id = next_endpoint_id_++;
   }
-  offer(key, ep, waiting{std::move(m), std::move(sub), now}, now);
+  offer(key, ep, waiting{std::move(m), std::move(sub), claimed.value_or(now)}, now);
 }
 
 void dispatcher::offer(const std::string& key, endpoint& ep, waiting w, time_point now) {
+  if (w.claimed + hold_ <= now) {
+    defer(w, now);  // held (parked) long enough that its lease is at risk: give it back
+    return;
+  }
   if (ep.queue.empty() && try_send(key, ep, w, now)) return;
   if (ep.breaker.is_open(now)) {
     defer(w, ep.breaker.open_until());
@@ -413,7 +430,7 @@ void dispatcher::defer(waiting& w, time_point at) {
     ordered_busy_.erase(w.msg.subscription_id);
     auto it = parked_.find(w.msg.subscription_id);
     if (it != parked_.end()) {
-      for (auto& m : it->second) ctx_.store->release(m.id, at);
+      for (auto& p : it->second) ctx_.store->release(p.msg.id, at);
       parked_count_ -= it->second.size();
       parked_.erase(it);
     }
@@ -460,11 +477,12 @@ void dispatcher::finish_ordered(const std::string& subscription_id, time_point n
   ordered_busy_.erase(subscription_id);
   auto it = parked_.find(subscription_id);
   if (it == parked_.end()) return;
-  message next = std::move(it->second.front());
+  parked next = std::move(it->second.front());
   it->second.pop_front();
   --parked_count_;
   if (it->second.empty()) parked_.erase(it);
-  route(std::move(next), ctx_.subscriptions->current(), now);
+  // It keeps its claim time: the lease has been running since then.
+  route(std::move(next.msg), ctx_.subscriptions->current(), now, next.claimed);
 }
 
 void dispatcher::handle(http_response&& r, time_point now) {
@@ -579,31 +597,44 @@ void dispatcher::record_results(time_point now) {
   if (results_.empty() && delivered_.empty()) return;
   std::vector<message> delivered;
   delivered.swap(delivered_);
+  // A store that throws here leaves the messages leased: they go again when the lease runs out
+  // (at-least-once), never lost.
+  std::exception_ptr error;
   try {
     ctx_.store->record_results(results_);
   } catch (...) {
-    // The messages stay leased in the store and go again when the lease runs out
-    // (at-least-once), never lost. An ordered subscription's successors go back to the store
-    // too: the store hands them out only after that head.
-    results_.clear();
-    for (const auto& m : delivered) {
-      if (!m.ordered) continue;
+    error = std::current_exception();
+  }
+  results_.clear();
+  if (!error) {
+    ctx_.counters->delivered.fetch_add(delivered.size(), std::memory_order_relaxed);
+    if (ctx_.on_finished && !delivered.empty()) ctx_.on_finished(delivered.size());
+    if (ctx_.hooks.on_delivered)
+      for (const auto& m : delivered)
+        call_hook("on_delivered", [&] { ctx_.hooks.on_delivered(m); });
+  }
+  // Ordered subscriptions: after a recorded delivery the next message goes; after a failed
+  // write the waiting ones go back to the store, which hands them out only after that head.
+  // Every subscription is seen to even when one of them fails.
+  for (const auto& m : delivered) {
+    if (!m.ordered) continue;
+    try {
+      if (!error) {
+        finish_ordered(m.subscription_id, now);
+        continue;
+      }
       ordered_busy_.erase(m.subscription_id);
       auto it = parked_.find(m.subscription_id);
       if (it == parked_.end()) continue;
-      for (auto& p : it->second) ctx_.store->release(p.id, now);
-      parked_count_ -= it->second.size();
+      auto waiting_ones = std::move(it->second);
+      parked_count_ -= waiting_ones.size();
       parked_.erase(it);
+      for (const auto& p : waiting_ones) ctx_.store->release(p.msg.id, now);
+    } catch (...) {
+      if (!error) error = std::current_exception();
     }
-    throw;
   }
-  results_.clear();
-  ctx_.counters->delivered.fetch_add(delivered.size(), std::memory_order_relaxed);
-  if (ctx_.on_finished && !delivered.empty()) ctx_.on_finished(delivered.size());
-  for (const auto& m : delivered) {
-    if (ctx_.hooks.on_delivered) call_hook("on_delivered", [&] { ctx_.hooks.on_delivered(m); });
-    if (m.ordered) finish_ordered(m.subscription_id, now);
-  }
+  if (error) std::rethrow_exception(error);
 }
 
 void dispatcher::dead(const message& m, const std::string& reason, const attempt_record* a) {
@@ -680,7 +711,7 @@ void dispatcher::drain_local(time_point now) {
   waiting_endpoints_.clear();
   waiting_ = 0;
   for (auto& [sub, q] : parked_)
-    for (auto& m : q) ctx_.store->release(m.id, now);
+    for (auto& p : q) ctx_.store->release(p.msg.id, now);
   parked_.clear();
   parked_count_ = 0;
 }

@@ -9,6 +9,7 @@
 #include <functional>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <random>
 #include <set>
 #include <string>
@@ -94,7 +95,9 @@ class dispatcher {
   void run();
   void turn(time_point now);
   void handle(http_response&& r, time_point now);
-  void route(message m, const std::shared_ptr<const snapshot>& snap, time_point now);
+  /// `claimed`: when the message was claimed, if earlier than `now` (a parked message).
+  void route(message m, const std::shared_ptr<const snapshot>& snap, time_point now,
+             std::optional<time_point> claimed = std::nullopt);
   void offer(const std::string& key, endpoint& ep, waiting w, time_point now);
   bool try_send(const std::string& key, endpoint& ep, waiting& w, time_point now);
   void pump(time_point now);
@@ -152,7 +155,11 @@ class dispatcher {
   std::unordered_map<std::string, endpoint> endpoints_;
   std::unordered_set<std::string> waiting_endpoints_;
   std::unordered_set<std::string> ordered_busy_;
-  std::unordered_map<std::string, std::deque<message>> parked_;
+  struct parked {
+    message msg;
+    time_point claimed{};
+  };
+  std::unordered_map<std::string, std::deque<parked>> parked_;
   struct failing {
     time_point since{};
     bool saved = false;
