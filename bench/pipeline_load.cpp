@@ -5,7 +5,7 @@
 //
 // Usage: pipeline_load --url http://127.0.0.1:PORT/hook [--messages N] [--concurrency K]
 //                      [--pairs P] [--work DIR]
-//                      [--only memory|sqlite] [--raw-headers none|webhook]
+//                      [--only memory|sqlite|postgres] [--raw-headers none|webhook]
 // With HOOKLINE_BENCH_PG set (a libpq conninfo) it also measures the PostgreSQL store with one and
 // two workers. scripts/bench.sh starts nginx and PostgreSQL and runs it.
 #include <curl/curl.h>
@@ -42,7 +42,7 @@ struct config {
   std::string work = "/tmp";
   /// "webhook": the raw loop also sends hookline's webhook-* headers and User-Agent.
   std::string raw_headers = "none";
-  std::string only;  ///< "memory" or "sqlite": only that store vs raw loop pairs (quick iteration)
+  std::string only;  ///< "memory", "sqlite" or "postgres": only that part (quick iteration)
 };
 
 double seconds_since(clock_type::time_point t0) {
@@ -482,6 +482,20 @@ int main(int argc, char** argv) {
   // CPU per message (all threads of this process) is steadier than rates on a shared machine:
   // it says how much of a core each message costs whatever else is running.
   auto cpu_us = [&](double c0) { return (cpu_seconds() - c0) * 1e6 / double(cfg.messages); };
+  if (cfg.only == "postgres") {
+    const char* pg = std::getenv("HOOKLINE_BENCH_PG");
+    if (pg == nullptr) {
+      std::cerr << "--only postgres needs HOOKLINE_BENCH_PG (a libpq conninfo)\n";
+      return 2;
+    }
+    double c0 = cpu_seconds();
+    const double r = raw_loop(cfg, body);
+    std::printf("%-28s raw %8.0f/s  (%.1f us CPU per message)\n", "raw loop, same run", r,
+                cpu_us(c0));
+    postgres_workers(cfg, pg);
+    curl_global_cleanup();
+    return 0;
+  }
   for (std::size_t p = 0; p < cfg.pairs && cfg.only != "sqlite"; ++p) {
     double c0 = cpu_seconds();
     raw.push_back(raw_loop(cfg, body));
