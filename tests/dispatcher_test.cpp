@@ -539,6 +539,36 @@ TEST(dispatcher, breaker_opens_after_a_failure_streak_and_probes_after_cool_down
   EXPECT_GE(reqs[4].arrived - reqs[3].arrived, 250ms);
 }
 
+// A healthy endpoint gets requests queued in the transport beyond its concurrency; when its
+// breaker opens, those that have not started are cancelled: they use no attempt and stay
+// pending until the probe.
+TEST(dispatcher, an_opening_breaker_cancels_requests_waiting_in_the_transport) {
+  test_server server;
+  server.script("/hook", {response::slow(200ms, 503), response::slow(700ms, 503)});
+  server.respond_always("/hook", response::slow(100ms, 503));
+  auto clock = std::make_shared<manual_clock>();
+  auto o = fast_options();
+  o.clock = clock;
+  o.delivery.retry.schedule = {1h};
+  o.delivery.endpoint_concurrency = 2;
+  o.delivery.breaker.failure_streak = 1;
+  o.delivery.breaker.cool_down = 30s;
+  hub h(o);
+  h.subscriptions().add(make_sub("s", server.url("/hook")));
+  h.publish(std::vector<event>(4, make_event()));
+  // 1 and 2 run; 3 and 4 wait in the transport. 1 fails at 200 ms: its slot goes to 3 at once,
+  // and the breaker that opens cancels 4 (2 still holds the other slot).
+  ASSERT_TRUE(server.wait_for_requests("/hook", 3, 5s));
+  std::this_thread::sleep_for(900ms);
+  EXPECT_EQ(server.request_count("/hook"), 3u);
+  EXPECT_EQ(h.counters().attempts, 3u);
+  const auto pending = h.store().query({message_status::pending, std::nullopt, std::nullopt, 10});
+  ASSERT_EQ(pending.size(), 4u);
+  std::size_t untried = 0;
+  for (const auto& m : pending) untried += m.attempts == 0 ? 1 : 0;
+  EXPECT_EQ(untried, 1u);
+}
+
 TEST(dispatcher, rate_limit_spaces_messages) {
   test_server server;
   hub h(fast_options());
