@@ -508,17 +508,28 @@ TEST(dispatcher, stop_leaves_unfinished_messages_pending_in_the_store) {
   h.stop(1s);  // idempotent
 }
 
+namespace {
+
+// Options for the breaker tests: a manual clock, a breaker that opens after `streak` failures
+// and cools down for 30 s (while the clock stands still).
+options breaker_options(const std::shared_ptr<manual_clock>& clock, std::size_t concurrency,
+                        std::size_t streak, std::vector<duration> schedule) {
+  auto o = fast_options();
+  o.clock = clock;
+  o.delivery.retry.schedule = std::move(schedule);
+  o.delivery.endpoint_concurrency = concurrency;
+  o.delivery.breaker.failure_streak = streak;
+  o.delivery.breaker.cool_down = 30s;
+  return o;
+}
+
+}  // namespace
+
 TEST(dispatcher, breaker_opens_after_a_failure_streak_and_probes_after_cool_down) {
   test_server server;
   server.respond_always("/hook", response::of(503));
   auto clock = std::make_shared<manual_clock>();
-  auto o = fast_options();
-  o.clock = clock;
-  o.delivery.retry.schedule = std::vector<duration>(20, 0ms);
-  o.delivery.endpoint_concurrency = 1;
-  o.delivery.breaker.failure_streak = 3;
-  o.delivery.breaker.cool_down = 30s;
-  hub h(o);
+  hub h(breaker_options(clock, 1, 3, std::vector<duration>(20, 0ms)));
   h.subscriptions().add(make_sub("s", server.url("/hook")));
   h.publish(std::vector<event>(4, make_event()));
   ASSERT_TRUE(server.wait_for_requests("/hook", 3, 10s));
@@ -547,13 +558,7 @@ TEST(dispatcher, an_opening_breaker_cancels_requests_waiting_in_the_transport) {
   server.script("/hook", {response::slow(200ms, 503), response::slow(700ms, 503)});
   server.respond_always("/hook", response::slow(100ms, 503));
   auto clock = std::make_shared<manual_clock>();
-  auto o = fast_options();
-  o.clock = clock;
-  o.delivery.retry.schedule = {1h};
-  o.delivery.endpoint_concurrency = 2;
-  o.delivery.breaker.failure_streak = 1;
-  o.delivery.breaker.cool_down = 30s;
-  hub h(o);
+  hub h(breaker_options(clock, 2, 1, {1h}));
   h.subscriptions().add(make_sub("s", server.url("/hook")));
   h.publish(std::vector<event>(4, make_event()));
   // 1 and 2 run; 3 and 4 wait in the transport. 1 fails at 200 ms: its slot goes to 3 at once,
