@@ -425,16 +425,19 @@ signer* dispatcher::keys_for(const std::shared_ptr<const subscription>& sub) {
 void dispatcher::defer(waiting& w, time_point at) {
   ++deferrals_;
   ctx_.store->release(w.msg.id, at);
-  if (w.msg.ordered) {
-    // Its parked successors go back too; the store hands the head out first again.
-    ordered_busy_.erase(w.msg.subscription_id);
-    auto it = parked_.find(w.msg.subscription_id);
-    if (it != parked_.end()) {
-      for (auto& p : it->second) ctx_.store->release(p.msg.id, at);
-      parked_count_ -= it->second.size();
-      parked_.erase(it);
-    }
-  }
+  // Its parked successors go back too; the store hands the head out first again.
+  if (w.msg.ordered) release_ordered(w.msg.subscription_id, at);
+}
+
+void dispatcher::release_ordered(const std::string& subscription_id, time_point at) {
+  ordered_busy_.erase(subscription_id);
+  auto it = parked_.find(subscription_id);
+  if (it == parked_.end()) return;
+  // Taken out first: a release that throws leaves no stale entry behind.
+  auto waiting_ones = std::move(it->second);
+  parked_count_ -= waiting_ones.size();
+  parked_.erase(it);
+  for (const auto& p : waiting_ones) ctx_.store->release(p.msg.id, at);
 }
 
 void dispatcher::pump(time_point now) {
@@ -619,17 +622,11 @@ void dispatcher::record_results(time_point now) {
   for (const auto& m : delivered) {
     if (!m.ordered) continue;
     try {
-      if (!error) {
+      if (error) {
+        release_ordered(m.subscription_id, now);
+      } else {
         finish_ordered(m.subscription_id, now);
-        continue;
       }
-      ordered_busy_.erase(m.subscription_id);
-      auto it = parked_.find(m.subscription_id);
-      if (it == parked_.end()) continue;
-      auto waiting_ones = std::move(it->second);
-      parked_count_ -= waiting_ones.size();
-      parked_.erase(it);
-      for (const auto& p : waiting_ones) ctx_.store->release(p.msg.id, now);
     } catch (...) {
       if (!error) error = std::current_exception();
     }

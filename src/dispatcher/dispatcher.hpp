@@ -103,6 +103,9 @@ class dispatcher {
   void pump(time_point now);
   void defer(waiting& w, time_point at);
   void finish_ordered(const std::string& subscription_id, time_point now);
+  /// The subscription has no message in flight any more; its parked ones go back to the store,
+  /// due at `at`.
+  void release_ordered(const std::string& subscription_id, time_point at);
   void dead(const message& m, const std::string& reason, const attempt_record* a);
   /// Records results_ in the store, then counts and announces delivered_ and lets the next
   /// message of an ordered subscription go.

@@ -738,11 +738,16 @@ class transport::impl {
       active_[t->index] = active_.back();
       active_[t->index]->index = t->index;
       active_.pop_back();
-      std::unique_ptr<transfer> owned(t);
-      leave_group(owned->req);
-      done_.push_back(std::move(owned->resp));
-      recycle(std::move(owned));
+      retire(std::unique_ptr<transfer>(t));
     }
+  }
+
+  // A finished (or never started) request: its group may start the next one, its response goes
+  // out with the next flush(), and the transfer goes back to the pool.
+  void retire(std::unique_ptr<transfer> t) {
+    leave_group(t->req);
+    done_.push_back(std::move(t->resp));
+    recycle(std::move(t));
   }
 
   // Fills the response from the finished handle; must run before the handle is removed.
@@ -794,9 +799,7 @@ class transport::impl {
     if (kind == error_kind::refused) {
       logger_->warn("transport: request {} not sent: {}", t->resp.token, t->resp.error);
     }
-    leave_group(t->req);
-    done_.push_back(std::move(t->resp));
-    recycle(std::move(t));
+    retire(std::move(t));
   }
 
   static http_response cancelled_response(std::uint64_t token,
