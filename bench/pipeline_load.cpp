@@ -5,7 +5,7 @@
 //
 // Usage: pipeline_load --url http://127.0.0.1:PORT/hook [--messages N] [--concurrency K]
 //                      [--pairs P] [--work DIR]
-//                      [--only memory|sqlite|postgres] [--raw-headers none|webhook]
+//                      [--only memory|sqlite|postgres|publish] [--raw-headers none|webhook]
 // With HOOKLINE_BENCH_PG set (a libpq conninfo) it also measures the PostgreSQL store with one and
 // two workers. scripts/bench.sh starts nginx and PostgreSQL and runs it.
 #include <curl/curl.h>
@@ -42,7 +42,8 @@ struct config {
   std::string work = "/tmp";
   /// "webhook": the raw loop also sends hookline's webhook-* headers and User-Agent.
   std::string raw_headers = "none";
-  std::string only;  ///< "memory", "sqlite" or "postgres": only that part (quick iteration)
+  /// "memory", "sqlite", "postgres" or "publish" (durable publish latency): only that part
+  std::string only;
 };
 
 double seconds_since(clock_type::time_point t0) {
@@ -482,6 +483,15 @@ int main(int argc, char** argv) {
   // CPU per message (all threads of this process) is steadier than rates on a shared machine:
   // it says how much of a core each message costs whatever else is running.
   auto cpu_us = [&](double c0) { return (cpu_seconds() - c0) * 1e6 / double(cfg.messages); };
+  if (cfg.only == "publish") {
+    for (std::size_t p = 0; p < cfg.pairs; ++p) {
+      auto db = std::filesystem::path(cfg.work) / "publish.db";
+      std::filesystem::remove(db);
+      durable_publish_latency(cfg, "sqlite:" + db.string(), "sqlite");
+    }
+    curl_global_cleanup();
+    return 0;
+  }
   if (cfg.only == "postgres") {
     const char* pg = std::getenv("HOOKLINE_BENCH_PG");
     if (pg == nullptr) {
