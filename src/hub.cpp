@@ -89,7 +89,7 @@ class hub::impl {
         add_message(*ev, *sub, now, ctx, batch);
       }
     }
-    return commit(std::move(batch), events.size());
+    return commit(std::move(batch), events.size(), now);
   }
 
   std::string fire(std::string_view subscription_id, const event& e) {
@@ -107,7 +107,7 @@ class hub::impl {
     if (!filled.time) filled.time = now;
     std::vector<message> batch;
     add_message(filled, *sub, now, ctx, batch, /*rethrow=*/true);
-    auto result = commit(std::move(batch), 1);
+    auto result = commit(std::move(batch), 1, now);
     return result.message_ids.front();
   }
 
@@ -215,20 +215,45 @@ class hub::impl {
     batch.push_back(std::move(m));
   }
 
-  publish_result commit(std::vector<message> batch, std::size_t events) {
+  // Stores the batch; what this process's dispatcher has room for is stored leased to it and
+  // handed over directly, so it goes without a claim (the rest is claimed as usual).
+  publish_result commit(std::vector<message> batch, std::size_t events, time_point now) {
     publish_result result;
     if (!batch.empty()) {
       reserve(batch.size());
+      std::size_t places = 0;
+      if (dispatcher_) {
+        const auto unordered = static_cast<std::size_t>(
+            std::count_if(batch.begin(), batch.end(), [](const message& m) { return !m.ordered; }));
+        if (unordered > 0) places = dispatcher_->reserve(unordered);
+      }
+      std::vector<bool> leased;
       try {
-        store_->enqueue(batch);
+        if (places > 0) {
+          leased = store_->enqueue_claimed(
+              batch, enqueue_lease{opts_.worker_id, now + dispatcher_->lease(), places});
+        } else {
+          store_->enqueue(batch);
+        }
       } catch (...) {
         make_room(batch.size());
+        if (places > 0) dispatcher_->unreserve(places);
         throw;
       }
       result.message_ids.reserve(batch.size());
-      for (auto& m : batch) result.message_ids.push_back(std::move(m.id));
+      std::vector<message> handed;
+      for (std::size_t i = 0; i < batch.size(); ++i) {
+        if (i < leased.size() && leased[i]) {
+          result.message_ids.push_back(batch[i].id);
+          handed.push_back(std::move(batch[i]));
+        } else {
+          result.message_ids.push_back(std::move(batch[i].id));
+        }
+      }
       messages_.fetch_add(batch.size(), std::memory_order_relaxed);
-      wake();
+      const bool all_handed = handed.size() == batch.size();
+      if (places > 0) dispatcher_->hand_off(std::move(handed), places);
+      if (!all_handed) wake();
     }
     published_.fetch_add(events, std::memory_order_relaxed);
     return result;

@@ -285,3 +285,108 @@ TEST(hub, wait_idle_is_true_at_once_without_work) {
   EXPECT_TRUE(h.wait_idle(5s));
   EXPECT_LT(steady::now() - t0, 1s);
 }
+
+namespace {
+
+/// Forwards to a real store and counts how messages reached the dispatcher: claimed from the
+/// store, or stored leased at publish and handed over.
+class counting_store final : public delivery_store {
+ public:
+  explicit counting_store(std::shared_ptr<delivery_store> inner) : inner_(std::move(inner)) {}
+  std::atomic<std::size_t> claimed{0}, leased_at_publish{0};
+
+  void enqueue(std::vector<message>& batch) override { inner_->enqueue(batch); }
+  std::vector<bool> enqueue_claimed(std::vector<message>& batch,
+                                    const enqueue_lease& lease) override {
+    auto leased = inner_->enqueue_claimed(batch, lease);
+    for (bool b : leased) leased_at_publish += b ? 1 : 0;
+    return leased;
+  }
+  std::vector<message> claim(const claim_request& req) override {
+    auto got = inner_->claim(req);
+    claimed += got.size();
+    return got;
+  }
+  void complete(const std::string& id, const attempt_record& a) override {
+    inner_->complete(id, a);
+  }
+  void reschedule(const std::string& id, time_point next, const attempt_record& a) override {
+    inner_->reschedule(id, next, a);
+  }
+  void record_results(std::vector<attempt_result>& results) override {
+    inner_->record_results(results);
+  }
+  void dead_letter(const std::string& id, const std::string& reason,
+                   const attempt_record* a) override {
+    inner_->dead_letter(id, reason, a);
+  }
+  void release(const std::string& id, time_point next) override { inner_->release(id, next); }
+  std::size_t release_worker(const std::string& w) override { return inner_->release_worker(w); }
+  bool redeliver(const std::string& id, time_point now) override {
+    return inner_->redeliver(id, now);
+  }
+  std::size_t recover(const std::string& s, time_point since, time_point now) override {
+    return inner_->recover(s, since, now);
+  }
+  std::optional<message> get(const std::string& id) override { return inner_->get(id); }
+  std::vector<message> query(const message_query& q) override { return inner_->query(q); }
+  std::vector<attempt_record> attempts(const attempt_query& q) override {
+    return inner_->attempts(q);
+  }
+  store_counts counts(time_point now) override { return inner_->counts(now); }
+  subscription_stats stats(const std::string& s) override { return inner_->stats(s); }
+  std::optional<time_point> next_due(time_point now) override { return inner_->next_due(now); }
+  void save_state(const subscription_state& s) override { inner_->save_state(s); }
+  std::vector<subscription_state> load_states() override { return inner_->load_states(); }
+  std::size_t prune(time_point before) override { return inner_->prune(before); }
+
+ private:
+  std::shared_ptr<delivery_store> inner_;
+};
+
+}  // namespace
+
+// A dispatching hub stores what it publishes already leased to itself and sends it without
+// claiming it from the store; ordered messages still wait for their turn through a claim.
+TEST(hub, published_messages_reach_the_dispatcher_without_a_claim) {
+  test_server server;
+  auto store = std::make_shared<counting_store>(make_store("memory:"));
+  auto o = fast_options();
+  o.store_instance = store;
+  hub h(o);
+  h.subscriptions().add(make_sub("s", server.url("/hook")));
+  auto ordered = make_sub("o", server.url("/ordered"));
+  ordered.ordered = true;
+  h.subscriptions().add(ordered);
+  for (int i = 0; i < 20; ++i) h.publish(make_event());
+  ASSERT_TRUE(h.wait_idle(10s));
+  EXPECT_EQ(server.request_count("/hook"), 20u);
+  EXPECT_EQ(server.request_count("/ordered"), 20u);
+  EXPECT_EQ(store->leased_at_publish.load(), 20u);
+  EXPECT_EQ(store->claimed.load(), 20u) << "only the ordered ones are claimed";
+  EXPECT_EQ(store->counts(std::chrono::system_clock::now()).delivered, 40u);
+}
+
+// More than the dispatcher holds at once: the rest is stored unleased and claimed; each message
+// goes exactly once either way.
+TEST(hub, a_burst_beyond_the_dispatchers_room_is_claimed_from_the_store) {
+  test_server server;
+  auto store = std::make_shared<counting_store>(make_store("memory:"));
+  auto o = fast_options();
+  o.store_instance = store;
+  o.delivery.max_in_flight = 4;
+  o.delivery.endpoint_concurrency = 4;
+  hub h(o);
+  h.subscriptions().add(make_sub("s", server.url("/hook")));
+  auto r = h.publish(std::vector<event>(3000, make_event()));
+  ASSERT_EQ(r.message_ids.size(), 3000u);
+  ASSERT_TRUE(h.wait_idle(60s));
+  std::set<std::string> seen;
+  for (const auto& req : server.requests("/hook"))
+    seen.insert(req.header("webhook-id").value_or(""));
+  EXPECT_EQ(server.request_count("/hook"), 3000u);
+  EXPECT_EQ(seen, std::set<std::string>(r.message_ids.begin(), r.message_ids.end()));
+  EXPECT_GT(store->leased_at_publish.load(), 0u);
+  EXPECT_LT(store->leased_at_publish.load(), 3000u);
+  EXPECT_EQ(store->leased_at_publish.load() + store->claimed.load(), 3000u);
+}

@@ -438,6 +438,35 @@ TEST_P(store_conformance, release_worker_frees_only_that_workers_leases) {
   EXPECT_EQ(store_->counts(t0_ + 1s).in_flight, 3u);
 }
 
+// enqueue_claimed(): the first `count` unordered messages are stored leased to the publisher's
+// worker (no claim hands them out until the lease ends or the worker lets go); ordered ones and
+// the rest are claimable as usual.
+TEST_P(store_conformance, enqueue_claimed_leases_the_first_unordered_messages) {
+  std::vector<message> batch{make_message("o", "s1", t0_, true), make_message("a", "s2", t0_),
+                             make_message("b", "s2", t0_), make_message("c", "s2", t0_)};
+  const auto leased = store_->enqueue_claimed(batch, enqueue_lease{"pub", t0_ + 30s, 2});
+  EXPECT_EQ(leased, (std::vector<bool>{false, true, true, false}));
+  EXPECT_GT(batch[3].sequence, batch[0].sequence);
+  EXPECT_EQ(store_->counts(t0_).pending, 4u);
+  EXPECT_EQ(store_->counts(t0_).in_flight, 2u);
+  EXPECT_EQ(store_->next_due(t0_), t0_);
+  EXPECT_EQ(ids(store_->claim(claim_at(t0_ + 1s, 10, "w2"))), (std::vector<std::string>{"o", "c"}));
+  EXPECT_EQ(store_->next_due(t0_ + 1s), t0_ + 30s) << "the publisher's lease ends";
+  // The publisher delivers one; the other is given back when it stops.
+  store_->complete("a", make_attempt(batch[1], 1, 200, t0_ + 1s, true));
+  EXPECT_EQ(store_->get("a")->status, message_status::delivered);
+  EXPECT_EQ(store_->release_worker("pub"), 1u);
+  EXPECT_EQ(ids(store_->claim(claim_at(t0_ + 2s, 10, "w2"))), (std::vector<std::string>{"b"}));
+}
+
+TEST_P(store_conformance, a_lease_taken_at_enqueue_expires_like_a_claimed_one) {
+  std::vector<message> batch{make_message("a", "s1", t0_)};
+  ASSERT_EQ(store_->enqueue_claimed(batch, enqueue_lease{"crashed", t0_ + 30s, 1}),
+            (std::vector<bool>{true}));
+  EXPECT_TRUE(store_->claim(claim_at(t0_ + 29s, 10, "w2")).empty());
+  EXPECT_EQ(ids(store_->claim(claim_at(t0_ + 30s, 10, "w2"))), (std::vector<std::string>{"a"}));
+}
+
 TEST_P(store_conformance, concurrent_enqueue_and_claim_lose_and_duplicate_nothing) {
   constexpr int threads = 4, per_thread = 50;
   std::vector<std::thread> producers;

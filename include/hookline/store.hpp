@@ -73,6 +73,15 @@ struct claim_request {
   std::string worker_id;
 };
 
+/// For enqueue_claimed(): the publishing process delivers some of the new messages itself, so
+/// they are stored already leased to its worker and never need a claim.
+struct enqueue_lease {
+  std::string worker_id;
+  time_point until{};  ///< the lease's end
+  std::size_t count =
+      0;  ///< how many: the first `count` messages of the batch that are not ordered
+};
+
 struct message_query {
   std::optional<message_status> status;
   std::optional<std::string> subscription_id;
@@ -119,6 +128,17 @@ class delivery_store {
 
   /// Stores new pending messages (assigning `sequence`); durable when it returns.
   virtual void enqueue(std::vector<message>& batch) = 0;
+  /// Like enqueue(), with the first `lease.count` messages that are not ordered stored (in the
+  /// same transaction) as claimed by `lease.worker_id` until `lease.until`. Returns, per message
+  /// of the batch, whether it was stored so leased (a message whose id was already stored is
+  /// not); empty when none was. An ordered message is never leased here: it goes when it is the
+  /// head of its subscription. The default stores none leased: they are claimed as usual.
+  virtual std::vector<bool> enqueue_claimed(std::vector<message>& batch,
+                                            const enqueue_lease& lease) {
+    (void)lease;
+    enqueue(batch);
+    return {};
+  }
   /// Leases up to `max` due pending messages (next_attempt_at <= now, no live lease), oldest due
   /// first. An ordered message is only returned when no earlier pending message of its
   /// subscription exists.

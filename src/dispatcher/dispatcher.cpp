@@ -60,6 +60,9 @@ dispatcher::dispatcher(dispatcher_context ctx)
   // claim (a store busy committing) does not leave the transport without work.
   claim_cap_ = flight_cap_ + std::max<std::size_t>(1, d.max_in_flight);
   endpoint_cap_ = std::max<std::size_t>(1, d.endpoint_concurrency) * submit_depth;
+  // Publishers of this process hand their messages over directly (stored leased to this worker,
+  // no claim): up to one more claim's worth, at least 1,024, wait here for room.
+  handoff_cap_ = claim_cap_ + std::max<std::size_t>(claim_cap_, 1024);
   queue_cap_ = std::max<std::size_t>(32, d.endpoint_concurrency * 2);
   claim_limit_ = std::clamp<std::size_t>(d.max_in_flight, 1, max_claim);
   // An open breaker never holds a message longer than its retry schedule would have: with
@@ -125,6 +128,36 @@ void dispatcher::wake() {
   shared_->cv.notify_one();
 }
 
+std::size_t dispatcher::reserve(std::size_t n) {
+  auto& sh = *shared_;
+  std::lock_guard lock(sh.mutex);
+  if (sh.stopping) return 0;
+  const std::size_t used = sh.held + sh.reserved + sh.handed.size();
+  const std::size_t k = used >= handoff_cap_ ? 0 : std::min(n, handoff_cap_ - used);
+  sh.reserved += k;
+  return k;
+}
+
+void dispatcher::unreserve(std::size_t n) {
+  auto& sh = *shared_;
+  std::lock_guard lock(sh.mutex);
+  sh.reserved -= std::min(n, sh.reserved);
+}
+
+void dispatcher::hand_off(std::vector<message> messages, std::size_t reserved) {
+  auto& sh = *shared_;
+  std::lock_guard lock(sh.mutex);
+  sh.reserved -= std::min(reserved, sh.reserved);
+  if (messages.empty()) return;
+  if (sh.handed.empty()) {
+    sh.handed.swap(messages);
+  } else {
+    for (auto& m : messages) sh.handed.push_back(std::move(m));
+  }
+  sh.woken = true;
+  sh.cv.notify_one();
+}
+
 void dispatcher::stop(duration drain_timeout) {
   std::lock_guard guard(stop_mutex_);
   if (stopped_) return;
@@ -156,15 +189,19 @@ void dispatcher::run() {
   steady::time_point hard_deadline{};
   while (true) {
     std::vector<http_response> done;
+    std::vector<message> handed;
     bool stopping = false;
     steady::time_point drain_deadline;
     {
       std::lock_guard lock(sh.mutex);
       done.swap(sh.completions);
+      handed.swap(sh.handed);
+      sh.held = in_flight_ + waiting_ + parked_count_ + inbox_.size() + handed.size();
       sh.woken = false;
       stopping = sh.stopping;
       drain_deadline = sh.drain_deadline;
     }
+    for (auto& m : handed) inbox_.push_back(std::move(m));
     const auto now = ctx_.clock->now();
     draining_ = stopping;
     bool failed = false;
@@ -195,7 +232,7 @@ void dispatcher::run() {
     }
     // Everything this turn started goes to the transport at once: one lock, one wake-up.
     if (!outbox_.empty()) transport_->submit(std::move(outbox_));
-    busy_.store(in_flight_ + waiting_ + parked_count_);
+    busy_.store(in_flight_ + waiting_ + parked_count_ + inbox_.size());
     if (!done.empty() && ctx_.on_progress) ctx_.on_progress();
 
     milliseconds wait = max_poll;
@@ -240,6 +277,19 @@ void dispatcher::run() {
   }
   try {
     record_results(ctx_.clock->now());  // what the last turn left, if a store error stopped it
+    // Handed over too late to go: back to the store (reserve() refuses once stopping).
+    std::vector<message> late;
+    {
+      std::lock_guard lock(sh.mutex);
+      late.swap(sh.handed);
+    }
+    for (auto& m : late) inbox_.push_back(std::move(m));
+    const auto now = ctx_.clock->now();
+    while (!inbox_.empty()) {
+      const message m = std::move(inbox_.front());
+      inbox_.pop_front();
+      ctx_.store->release(m.id, now);
+    }
   } catch (const std::exception& e) {
     ctx_.logger->error("dispatcher: {}", e.what());
   }
@@ -254,7 +304,8 @@ void dispatcher::turn(time_point now) {
     last_sweep_ = t;
   }
   pump(now);
-  // What pump() started goes now: the claims below may wait on the store.
+  take_inbox(now);
+  // What pump() and take_inbox() started goes now: the claims below may wait on the store.
   if (!outbox_.empty()) transport_->submit(std::move(outbox_));
   // With no subscriptions every claimed message would die as "subscription removed": a hub
   // opened on a store with pending messages waits until the host has loaded its subscriptions.
@@ -290,6 +341,18 @@ void dispatcher::turn(time_point now) {
       break;
     }
     if (n < req.max) break;
+  }
+}
+
+void dispatcher::take_inbox(time_point now) {
+  if (inbox_.empty()) return;
+  const auto snap = ctx_.subscriptions->current();
+  while (!inbox_.empty() && in_flight_ + waiting_ < claim_cap_) {
+    message m = std::move(inbox_.front());
+    inbox_.pop_front();
+    // Leased since it was stored (at publish): the hold counts from then.
+    const auto claimed = std::min(m.created_at, now);
+    route(std::move(m), snap, now, claimed);
   }
 }
 
@@ -707,6 +770,8 @@ void dispatcher::drain_local(time_point now) {
   }
   waiting_endpoints_.clear();
   waiting_ = 0;
+  for (const auto& m : inbox_) ctx_.store->release(m.id, now);
+  inbox_.clear();
   for (auto& [sub, q] : parked_)
     for (auto& p : q) ctx_.store->release(p.msg.id, now);
   parked_.clear();
@@ -714,6 +779,7 @@ void dispatcher::drain_local(time_point now) {
 }
 
 time_point dispatcher::next_wake(time_point now) {
+  if (!inbox_.empty() && in_flight_ + waiting_ < claim_cap_) return now;
   time_point at = now + std::chrono::hours(1);
   if (in_flight_ + waiting_ < claim_cap_ && ctx_.subscriptions->current()->size() != 0) {
     if (steady::now() < claim_pause_until_) {

@@ -60,6 +60,16 @@ class dispatcher {
   dispatcher& operator=(const dispatcher&) = delete;
 
   void wake();
+  /// Room for up to `n` messages the caller is about to publish and hand over with hand_off():
+  /// returns how many it may store leased to this worker (0 while stopping or full).
+  std::size_t reserve(std::size_t n);
+  /// Gives back `n` reserved places that were not used.
+  void unreserve(std::size_t n);
+  /// Messages stored leased to this worker (enqueue_claimed()), for `reserved` places taken by
+  /// reserve(): they are sent without a claim.
+  void hand_off(std::vector<message> messages, std::size_t reserved);
+  /// How long a claim (and a message stored leased by hand_off's caller) is leased.
+  std::chrono::milliseconds lease() const { return lease_; }
   /// Stops claiming, lets in-flight requests finish for up to `drain_timeout`, cancels the rest
   /// (released to the store without an attempt) and joins. Idempotent.
   void stop(duration drain_timeout);
@@ -118,6 +128,8 @@ class dispatcher {
   /// sub's secrets keyed once (cached by subscription id), or null when it has none.
   signer* keys_for(const std::shared_ptr<const subscription>& sub);
   void drain_local(time_point now);
+  /// Routes handed-over messages while there is room; false when none is left waiting.
+  void take_inbox(time_point now);
   time_point next_wake(time_point now);
   template <class F>
   void call_hook(const char* name, F&& f);
@@ -135,6 +147,9 @@ class dispatcher {
     std::mutex mutex;
     std::condition_variable cv;
     std::vector<http_response> completions;
+    std::vector<message> handed;  // hand_off(), not yet taken by the loop
+    std::size_t reserved = 0;     // places reserved and not yet handed over
+    std::size_t held = 0;         // the loop's messages (in flight, queued, in inbox_) last turn
     bool woken = false;
     bool stopping = false;
     std::chrono::steady_clock::time_point drain_deadline{};
@@ -147,6 +162,7 @@ class dispatcher {
 
   // Dispatcher thread only.
   std::unordered_map<std::uint64_t, flight> flights_;
+  std::deque<message> inbox_;            // handed over by publishers, routed as room allows
   std::vector<http_request> outbox_;     // started this turn, submitted at its end
   std::vector<attempt_result> results_;  // of this turn's completions, recorded at once
   std::vector<message> delivered_;       // their delivered messages, announced once recorded
@@ -173,6 +189,7 @@ class dispatcher {
   std::size_t flight_cap_ = 1;    // requests handed to the transport, in total
   std::size_t claim_cap_ = 1;     // messages claimed and not finished (in flight or queued)
   std::size_t endpoint_cap_ = 1;  // and per endpoint
+  std::size_t handoff_cap_ = 1;   // messages held here (claimed or handed over) in all
   bool draining_ = false;
   std::size_t in_flight_ = 0;
   std::size_t waiting_ = 0;

@@ -3,6 +3,7 @@
 
 #include <memory>
 #include <string>
+#include <vector>
 
 #include "hookline/store.hpp"
 
@@ -17,5 +18,17 @@ std::shared_ptr<delivery_store> make_sqlite_store(const std::string& path,
 /// Shared outbox for many workers on many machines.
 std::shared_ptr<delivery_store> make_postgres_store(const std::string& conninfo,
                                                     const store_options& options);
+
+/// enqueue_claimed(): which messages of `batch` are to be stored leased (the first `count` that
+/// are not ordered).
+inline std::vector<bool> leased_by_publisher(const std::vector<message>& batch, std::size_t count) {
+  std::vector<bool> out(batch.size(), false);
+  for (std::size_t i = 0; i < batch.size() && count > 0; ++i) {
+    if (batch[i].ordered) continue;
+    out[i] = true;
+    --count;
+  }
+  return out;
+}
 
 }  // namespace hookline::detail

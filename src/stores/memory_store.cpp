@@ -90,7 +90,18 @@ class memory_store final : public delivery_store {
  public:
   explicit memory_store(const store_options& /*options*/) {}
 
-  void enqueue(std::vector<message>& batch) override {
+  void enqueue(std::vector<message>& batch) override { insert(batch, nullptr); }
+
+  std::vector<bool> enqueue_claimed(std::vector<message>& batch,
+                                    const enqueue_lease& lease) override {
+    auto leased = leased_by_publisher(batch, lease.count);
+    insert(batch, &lease, &leased);
+    return leased;
+  }
+
+  // `lease`/`leased`: the messages stored as claimed by the publisher (enqueue_claimed()).
+  void insert(std::vector<message>& batch, const enqueue_lease* lease,
+              const std::vector<bool>* leased = nullptr) {
     std::lock_guard lock(mutex_);
     // Check everything first: a failed enqueue stores nothing.
     std::unordered_set<std::string_view> seen;
@@ -132,6 +143,13 @@ class memory_store final : public delivery_store {
       by_id_.emplace(e.id(), &e);
       ++pending_;
       if (e.ordered) ordered_[e.subscription].insert(e.seq);
+      if (lease != nullptr && (*leased)[static_cast<std::size_t>(&m - batch.data())]) {
+        e.leased = true;
+        e.worker = pool_.acquire(lease->worker_id);
+        e.lease_until = lease->until;
+        leased_.insert({e.lease_until, e.seq, &e});
+        continue;
+      }
       reindex_subscription_head(e);
     }
   }

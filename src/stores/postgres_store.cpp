@@ -620,8 +620,18 @@ class postgres_store final : public delivery_store {
     committer_->stop();
   }
 
-  void enqueue(std::vector<message>& batch) override {
-    if (batch.empty()) return;
+  void enqueue(std::vector<message>& batch) override { insert(batch, nullptr); }
+
+  std::vector<bool> enqueue_claimed(std::vector<message>& batch,
+                                    const enqueue_lease& lease) override {
+    return insert(batch, &lease);
+  }
+
+  // With `lease`, the messages leased_by_publisher() picks are stored as claimed; returns which
+  // were (not one whose id was already stored).
+  std::vector<bool> insert(std::vector<message>& batch, const enqueue_lease* lease) {
+    std::vector<bool> leased;
+    if (batch.empty()) return leased;
     for (const auto& m : batch) {
       if (m.id.empty()) throw error(where_ + ": enqueue: message id is empty");
       if (m.subscription_id.empty()) {
@@ -633,14 +643,17 @@ class postgres_store final : public delivery_store {
       if (m.updated_at == time_point{}) m.updated_at = m.created_at;
     }
     run("enqueue", [&](connection& c) {
+      // A retry after a lost connection starts from the same choice.
+      leased = lease != nullptr ? leased_by_publisher(batch, lease->count) : std::vector<bool>();
       transaction(c, [&] {
         for (std::size_t start = 0; start < batch.size(); start += kInsertChunk) {
           const std::size_t end = std::min(batch.size(), start + kInsertChunk);
-          insert_chunk(c, batch, start, end);
+          insert_chunk(c, batch, start, end, lease, leased);
         }
         c.exec_prepared("SELECT pg_notify($1, $2)", params().add(postgres_channel).add(schema_));
       });
     });
+    return leased;
   }
 
   std::vector<message> claim(const claim_request& req) override {
@@ -1050,12 +1063,14 @@ class postgres_store final : public delivery_store {
     return with_retry(s->conn, where_, what, *log_, f);
   }
 
-  void insert_chunk(connection& c, std::vector<message>& batch, std::size_t start,
-                    std::size_t end) {
+  // `leased` (empty, or one flag per message of the batch): rows stored as claimed by
+  // `lease->worker_id`; a row that was already stored is not, and its flag is cleared.
+  void insert_chunk(connection& c, std::vector<message>& batch, std::size_t start, std::size_t end,
+                    const enqueue_lease* lease, std::vector<bool>& leased) {
     std::string sql =
         "INSERT INTO messages(id, subscription_id, event_id, event_name, url, http_method, body, "
         "ordered, status, attempts, created_at, next_attempt_at, updated_at, last_status, "
-        "last_error) VALUES ";
+        "last_error, lease_owner, lease_until) VALUES ";
     params p;
     for (std::size_t i = start; i < end; ++i) {
       const auto& m = batch[i];
@@ -1065,11 +1080,16 @@ class postgres_store final : public delivery_store {
       sql += "(" + n(1) + ", " + n(2) + ", " + n(3) + ", " + n(4) + ", " + n(5) + ", " + n(6) +
              ", " + n(7) + "::bytea, " + n(8) + "::boolean, 'pending', " + n(9) + "::int, " +
              n(10) + "::bigint, " + n(11) + "::bigint, " + n(12) + "::bigint, " + n(13) +
-             "::int, " + n(14) + ")";
+             "::int, " + n(14) + ", " + n(15) + ", " + n(16) + "::bigint)";
       p.add(m.id).add(m.subscription_id).add(m.event_id).add(m.event_name).add(m.url);
       p.add(m.http_method).add_binary(m.body).add(m.ordered).add(m.attempts);
       p.add(to_ns(m.created_at)).add(to_ns(m.next_attempt_at)).add(to_ns(m.updated_at));
       p.add(m.last_status).add(m.last_error);
+      if (!leased.empty() && leased[i]) {
+        p.add(lease->worker_id).add(to_ns(lease->until));
+      } else {
+        p.add_null().add_null();
+      }
     }
     // An enqueue retried after a lost connection may find its rows committed already.
     sql += " ON CONFLICT (id) DO NOTHING RETURNING id, sequence";
@@ -1078,7 +1098,9 @@ class postgres_store final : public delivery_store {
     for (int i = 0; i < r.rows(); ++i) seq.emplace(r.str(i, 0), r.i64(i, 1));
     std::vector<std::string> missing;
     for (std::size_t i = start; i < end; ++i) {
-      if (!seq.count(batch[i].id)) missing.push_back(batch[i].id);
+      if (seq.count(batch[i].id)) continue;
+      missing.push_back(batch[i].id);
+      if (!leased.empty()) leased[i] = false;
     }
     if (!missing.empty()) {
       auto e = c.exec("SELECT id, sequence FROM messages WHERE id = ANY($1::text[])",

@@ -389,38 +389,57 @@ class sqlite_store final : public delivery_store {
   std::uint64_t commits() const { return committer_->commits(); }
   bool released_at_open() const { return released_at_open_; }
 
-  void enqueue(std::vector<message>& batch) override {
-    if (batch.empty()) return;
+  void enqueue(std::vector<message>& batch) override { insert(batch, nullptr); }
+
+  std::vector<bool> enqueue_claimed(std::vector<message>& batch,
+                                    const enqueue_lease& lease) override {
+    return insert(batch, &lease);
+  }
+
+  // With `lease`, the messages leased_by_publisher() picks are stored as claimed; returns which
+  // were (not one whose id was already stored).
+  std::vector<bool> insert(std::vector<message>& batch, const enqueue_lease* lease) {
+    std::vector<bool> leased;
+    if (batch.empty()) return leased;
     for (const auto& m : batch) {
       if (m.id.empty()) throw error(where_ + ": enqueue: message id is empty");
       if (m.subscription_id.empty()) {
         throw error(where_ + ": enqueue: message " + m.id + ": subscription_id is empty");
       }
     }
+    if (lease != nullptr) leased = leased_by_publisher(batch, lease->count);
     write(true, "enqueue", [&] {
-      for (auto& m : batch) {
+      for (std::size_t i = 0; i < batch.size(); ++i) {
+        auto& m = batch[i];
         m.status = message_status::pending;
         if (m.updated_at == time_point{}) m.updated_at = m.created_at;
         auto ins = writer_->use(
             "INSERT INTO messages(id, subscription_id, event_id, event_name, url, http_method, "
             "body, ordered, status, attempts, created_at, next_attempt_at, updated_at, "
-            "last_status, last_error) VALUES(?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, 'pending', ?9, ?10, "
-            "?11, ?12, ?13, ?14) ON CONFLICT(id) DO NOTHING RETURNING sequence");
+            "last_status, last_error, lease_owner, lease_until) VALUES(?1, ?2, ?3, ?4, ?5, ?6, "
+            "?7, ?8, 'pending', ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16) ON CONFLICT(id) DO NOTHING "
+            "RETURNING sequence");
         ins->bind(1, m.id).bind(2, m.subscription_id).bind(3, m.event_id).bind(4, m.event_name);
         ins->bind(5, m.url).bind(6, m.http_method).bind_blob(7, m.body).bind(8, m.ordered);
         ins->bind(9, m.attempts).bind(10, to_ns(m.created_at)).bind(11, to_ns(m.next_attempt_at));
         ins->bind(12, to_ns(m.updated_at)).bind(13, m.last_status).bind(14, m.last_error);
+        if (!leased.empty() && leased[i]) {
+          ins->bind(15, lease->worker_id).bind(16, to_ns(lease->until));
+        }  // else both stay NULL (bindings are cleared after every use)
         if (ins->step()) {
           m.sequence = ins->i64(0);
           ins->run();
         } else {
-          // Already stored (an enqueue retried by the host): keep the stored position.
+          // Already stored (an enqueue retried by the host): keep the stored position; it is
+          // not ours to deliver.
+          if (!leased.empty()) leased[i] = false;
           auto q = writer_->use("SELECT sequence FROM messages WHERE id = ?1");
           q->bind(1, m.id);
           if (q->step()) m.sequence = q->i64(0);
         }
       }
     });
+    return leased;
   }
 
   std::vector<message> claim(const claim_request& req) override {
