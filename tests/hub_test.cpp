@@ -390,3 +390,25 @@ TEST(hub, a_burst_beyond_the_dispatchers_room_is_claimed_from_the_store) {
   EXPECT_LT(store->leased_at_publish.load(), 3000u);
   EXPECT_EQ(store->leased_at_publish.load() + store->claimed.load(), 3000u);
 }
+
+// Another hub (another process, in production) publishes into the store a dispatching hub uses:
+// nothing wakes the dispatcher, which still finds the messages (it asks the store again at least
+// every 100 ms even when its own view says nothing is due).
+TEST(hub, messages_another_hub_publishes_are_found_without_a_wake_up) {
+  test_server server;
+  auto store = make_store("memory:");
+  auto o = fast_options();
+  o.store_instance = store;
+  hub worker(o);
+  worker.subscriptions().add(make_sub("s", server.url("/hook")));
+  ASSERT_TRUE(worker.wait_idle(5s));
+  std::this_thread::sleep_for(150ms);  // idle: its view of the store is "nothing due"
+  auto p = publish_only();
+  p.store_instance = store;
+  hub publisher(p);
+  publisher.subscriptions().add(make_sub("s", server.url("/hook")));
+  publisher.publish(std::vector<event>(3, make_event()));
+  EXPECT_TRUE(server.wait_for_requests(3, 5s)) << server.request_count();
+  ASSERT_TRUE(worker.wait_idle(5s));
+  EXPECT_EQ(store->counts(std::chrono::system_clock::now()).delivered, 3u);
+}

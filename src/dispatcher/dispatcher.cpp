@@ -125,7 +125,27 @@ dispatcher::~dispatcher() {
 void dispatcher::wake() {
   std::lock_guard lock(shared_->mutex);
   shared_->woken = true;
+  shared_->store_changed = true;
   shared_->cv.notify_one();
+}
+
+void dispatcher::give_back(const std::string& id, time_point at) {
+  ctx_.store->release(id, at);
+  note_store_due(at);
+}
+
+std::optional<time_point> dispatcher::store_due(time_point now) {
+  const auto t = steady::now();
+  if (!due_known_ || t >= next_probe_) {
+    due_cache_ = ctx_.store->next_due(now);
+    due_known_ = true;
+    next_probe_ = t + max_poll;
+  }
+  return due_cache_;
+}
+
+void dispatcher::note_store_due(time_point at) {
+  if (due_known_ && (!due_cache_ || at < *due_cache_)) due_cache_ = at;
 }
 
 std::size_t dispatcher::reserve(std::size_t n) {
@@ -196,6 +216,8 @@ void dispatcher::run() {
       std::lock_guard lock(sh.mutex);
       done.swap(sh.completions);
       handed.swap(sh.handed);
+      if (sh.store_changed) due_known_ = false;  // a publish that was not handed over, a replay
+      sh.store_changed = false;
       sh.held = in_flight_ + waiting_ + parked_count_ + inbox_.size() + handed.size();
       sh.woken = false;
       stopping = sh.stopping;
@@ -263,7 +285,10 @@ void dispatcher::run() {
         // latency except a publish from this process while we listen (bounded by `wait`).
         const auto t0 = steady::now();
         try {
-          if (ctx_.store->wait_for_notification(wait)) continue;
+          if (ctx_.store->wait_for_notification(wait)) {
+            due_known_ = false;  // another process published
+            continue;
+          }
         } catch (const std::exception& e) {
           ctx_.logger->error("dispatcher: waiting for notifications: {}", e.what());
         }
@@ -288,7 +313,7 @@ void dispatcher::run() {
     while (!inbox_.empty()) {
       const message m = std::move(inbox_.front());
       inbox_.pop_front();
-      ctx_.store->release(m.id, now);
+      give_back(m.id, now);
     }
   } catch (const std::exception& e) {
     ctx_.logger->error("dispatcher: {}", e.what());
@@ -312,7 +337,7 @@ void dispatcher::turn(time_point now) {
   if (ctx_.subscriptions->current()->size() == 0) return;
   for (int round = 0; round < 8 && in_flight_ + waiting_ < claim_cap_ && t >= claim_pause_until_;
        ++round) {
-    const auto due = ctx_.store->next_due(now);
+    const auto due = store_due(now);
     if (!due || *due > now) break;
     claim_request req;
     req.max = std::min(claim_cap_ - (in_flight_ + waiting_), claim_limit_);
@@ -323,6 +348,7 @@ void dispatcher::turn(time_point now) {
     if (batch.empty()) {
       // Due but not claimable (leased elsewhere): do not spin on it.
       claim_pause_until_ = t + milliseconds(50);
+      due_known_ = false;
       break;
     }
     const auto snap = ctx_.subscriptions->current();
@@ -340,7 +366,10 @@ void dispatcher::turn(time_point now) {
       claim_pause_until_ = t + milliseconds(50);
       break;
     }
-    if (n < req.max) break;
+    if (n < req.max) {
+      due_known_ = false;  // nothing else is due now; ask when something will be
+      break;
+    }
   }
 }
 
@@ -359,7 +388,7 @@ void dispatcher::take_inbox(time_point now) {
 void dispatcher::route(message m, const std::shared_ptr<const snapshot>& snap, time_point now,
                        std::optional<time_point> claimed) {
   if (draining_) {
-    ctx_.store->release(m.id, now);  // stopping: nothing new starts
+    give_back(m.id, now);  // stopping: nothing new starts
     return;
   }
   auto sub = snap->find(m.subscription_id);
@@ -487,7 +516,7 @@ signer* dispatcher::keys_for(const std::shared_ptr<const subscription>& sub) {
 
 void dispatcher::defer(waiting& w, time_point at) {
   ++deferrals_;
-  ctx_.store->release(w.msg.id, at);
+  give_back(w.msg.id, at);
   // Its parked successors go back too; the store hands the head out first again.
   if (w.msg.ordered) release_ordered(w.msg.subscription_id, at);
 }
@@ -500,7 +529,7 @@ void dispatcher::release_ordered(const std::string& subscription_id, time_point 
   auto waiting_ones = std::move(it->second);
   parked_count_ -= waiting_ones.size();
   parked_.erase(it);
-  for (const auto& p : waiting_ones) ctx_.store->release(p.msg.id, at);
+  for (const auto& p : waiting_ones) give_back(p.msg.id, at);
 }
 
 void dispatcher::pump(time_point now) {
@@ -569,7 +598,7 @@ void dispatcher::handle(http_response&& r, time_point now) {
     if (ep != nullptr) ep->breaker.on_cancel(f.probe);
     // Cancelled because the breaker opened: due when it lets a probe through.
     const bool open = ep != nullptr && ep->breaker.is_open(now);
-    ctx_.store->release(f.msg.id, open ? ep->breaker.open_until() : now);
+    give_back(f.msg.id, open ? ep->breaker.open_until() : now);
     if (f.msg.ordered) finish_ordered(f.msg.subscription_id, now);
     return;
   }
@@ -666,6 +695,8 @@ void dispatcher::record_results(time_point now) {
   // A store that throws here leaves the messages leased: they go again when the lease runs out
   // (at-least-once), never lost.
   std::exception_ptr error;
+  for (const auto& r : results_)
+    if (r.retry_at) note_store_due(*r.retry_at);
   try {
     ctx_.store->record_results(results_);
   } catch (...) {
@@ -770,10 +801,10 @@ void dispatcher::drain_local(time_point now) {
   }
   waiting_endpoints_.clear();
   waiting_ = 0;
-  for (const auto& m : inbox_) ctx_.store->release(m.id, now);
+  for (const auto& m : inbox_) give_back(m.id, now);
   inbox_.clear();
   for (auto& [sub, q] : parked_)
-    for (auto& p : q) ctx_.store->release(p.msg.id, now);
+    for (auto& p : q) give_back(p.msg.id, now);
   parked_.clear();
   parked_count_ = 0;
 }
@@ -784,7 +815,7 @@ time_point dispatcher::next_wake(time_point now) {
   if (in_flight_ + waiting_ < claim_cap_ && ctx_.subscriptions->current()->size() != 0) {
     if (steady::now() < claim_pause_until_) {
       at = std::min(at, now + milliseconds(50));
-    } else if (auto due = ctx_.store->next_due(now)) {
+    } else if (auto due = store_due(now)) {
       at = std::min(at, *due);
     }
   }

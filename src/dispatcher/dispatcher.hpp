@@ -128,6 +128,15 @@ class dispatcher {
   /// sub's secrets keyed once (cached by subscription id), or null when it has none.
   signer* keys_for(const std::shared_ptr<const subscription>& sub);
   void drain_local(time_point now);
+  /// Releases a message to the store, due at `at`.
+  void give_back(const std::string& id, time_point at);
+  /// The store's next_due(), asked again only when it may have changed: after wake() (a publish
+  /// not handed over, a replay), a notification, a claim that found less than it asked for, and
+  /// at least every max_poll (other processes' writes); this worker's own releases and retries
+  /// are noted as they are made. Saves a store round trip (for SQLite, waiting for the writes
+  /// queued ahead) on every turn.
+  std::optional<time_point> store_due(time_point now);
+  void note_store_due(time_point at);
   /// Routes handed-over messages while there is room; false when none is left waiting.
   void take_inbox(time_point now);
   time_point next_wake(time_point now);
@@ -151,6 +160,7 @@ class dispatcher {
     std::size_t reserved = 0;     // places reserved and not yet handed over
     std::size_t held = 0;         // the loop's messages (in flight, queued, in inbox_) last turn
     bool woken = false;
+    bool store_changed = false;  // wake(): the store may have new due messages
     bool stopping = false;
     std::chrono::steady_clock::time_point drain_deadline{};
   };
@@ -198,6 +208,9 @@ class dispatcher {
   std::size_t deferrals_ = 0;
   std::size_t claim_limit_ = 256;
   std::chrono::steady_clock::time_point claim_pause_until_{};
+  bool due_known_ = false;
+  std::optional<time_point> due_cache_;
+  std::chrono::steady_clock::time_point next_probe_{};
   std::chrono::steady_clock::time_point last_sweep_{};
   std::chrono::steady_clock::time_point last_error_log_{};
 };
