@@ -7,7 +7,9 @@
 //                      [--pairs P] [--work DIR]
 //                      [--only memory|sqlite|postgres|publish] [--raw-headers none|webhook]
 // With HOOKLINE_BENCH_PG set (a libpq conninfo) it also measures the PostgreSQL store with one and
-// two workers. scripts/bench.sh starts nginx and PostgreSQL and runs it.
+// two workers. With HOOKLINE_BENCH_TRACE set, each pipeline sample says on stderr when publishing
+// ended (and how many were delivered by then) and when the last delivery came. scripts/bench.sh
+// starts nginx and PostgreSQL and runs it.
 #include <curl/curl.h>
 #include <sys/resource.h>
 #include <unistd.h>
@@ -228,6 +230,9 @@ double pipeline(const config& cfg, const std::string& store,
     auto n = std::min(batch, events.size() - i);
     hub.publish(std::span<const hookline::event>(events.data() + i, n));
   }
+  if (std::getenv("HOOKLINE_BENCH_TRACE"))
+    std::fprintf(stderr, "published all in %.3f s, %zu delivered meanwhile\n", seconds_since(t0),
+                 delivered.load());
   {
     std::unique_lock lock(m);
     if (!cv.wait_for(lock, std::chrono::minutes(5),
@@ -236,6 +241,8 @@ double pipeline(const config& cfg, const std::string& store,
     }
   }
   double elapsed = seconds_since(t0);
+  if (std::getenv("HOOKLINE_BENCH_TRACE"))
+    std::fprintf(stderr, "all delivered in %.3f s\n", elapsed);
   if (per_thread) {
     for (const auto& [name, use] : thread_usage()) {
       auto& sum = (*per_thread)[name];
