@@ -89,7 +89,7 @@ class hub::impl {
         add_message(*ev, *sub, now, ctx, batch);
       }
     }
-    return commit(std::move(batch), events.size(), now);
+    return commit(std::move(batch), events.size());
   }
 
   std::string fire(std::string_view subscription_id, const event& e) {
@@ -107,7 +107,7 @@ class hub::impl {
     if (!filled.time) filled.time = now;
     std::vector<message> batch;
     add_message(filled, *sub, now, ctx, batch, /*rethrow=*/true);
-    auto result = commit(std::move(batch), 1, now);
+    auto result = commit(std::move(batch), 1);
     return result.message_ids.front();
   }
 
@@ -217,10 +217,12 @@ class hub::impl {
 
   // Stores the batch; what this process's dispatcher has room for is stored leased to it and
   // handed over directly, so it goes without a claim (the rest is claimed as usual).
-  publish_result commit(std::vector<message> batch, std::size_t events, time_point now) {
+  publish_result commit(std::vector<message> batch, std::size_t events) {
     publish_result result;
     if (!batch.empty()) {
       reserve(batch.size());
+      // After any wait for room: the lease (and the dispatcher's hold) start now.
+      const auto leased_at = opts_.clock->now();
       std::size_t places = 0;
       if (dispatcher_) {
         const auto unordered = static_cast<std::size_t>(
@@ -231,7 +233,7 @@ class hub::impl {
       try {
         if (places > 0) {
           leased = store_->enqueue_claimed(
-              batch, enqueue_lease{opts_.worker_id, now + dispatcher_->lease(), places});
+              batch, enqueue_lease{opts_.worker_id, leased_at + dispatcher_->lease(), places});
         } else {
           store_->enqueue(batch);
         }
@@ -252,7 +254,7 @@ class hub::impl {
       }
       messages_.fetch_add(batch.size(), std::memory_order_relaxed);
       const bool all_handed = handed.size() == batch.size();
-      if (places > 0) dispatcher_->hand_off(std::move(handed), places);
+      if (places > 0) dispatcher_->hand_off(std::move(handed), places, leased_at);
       if (!all_handed) wake();
     }
     published_.fetch_add(events, std::memory_order_relaxed);

@@ -412,3 +412,45 @@ TEST(hub, messages_another_hub_publishes_are_found_without_a_wake_up) {
   ASSERT_TRUE(worker.wait_idle(5s));
   EXPECT_EQ(store->counts(std::chrono::system_clock::now()).delivered, 3u);
 }
+
+// An ordered subscription's next message goes as soon as the one before it is done, not at the
+// dispatcher's next periodic look at the store.
+TEST(hub, ordered_messages_follow_each_other_without_waiting_for_a_poll) {
+  test_server server;
+  auto o = fast_options();
+  hub h(o);
+  auto ordered = make_sub("o", server.url("/ordered"));
+  ordered.ordered = true;
+  h.subscriptions().add(ordered);
+  const auto t0 = steady::now();
+  h.publish(std::vector<event>(20, make_event()));
+  ASSERT_TRUE(server.wait_for_requests("/ordered", 20, 10s));
+  // One at a time through the store: 20 local requests take milliseconds; a 100 ms poll between
+  // them would take two seconds.
+  EXPECT_LT(steady::now() - t0, 1500ms);
+}
+
+// Publishing faster than a slow endpoint takes its messages keeps the dispatcher's room full of
+// handed-over messages; messages that only a claim can reach (here an ordered subscription's)
+// still get their share.
+TEST(hub, sustained_publishing_does_not_starve_messages_waiting_in_the_store) {
+  test_server server;
+  server.respond_always("/slow", response::slow(20ms, 204));
+  auto o = fast_options();
+  o.delivery.max_in_flight = 4;
+  o.delivery.endpoint_concurrency = 4;
+  hub h(o);
+  h.subscriptions().add(make_sub("busy", server.url("/slow")));
+  auto ordered = make_sub("o", server.url("/ordered"));
+  ordered.ordered = true;
+  h.subscriptions().add(ordered);
+  // ~400 events/s for 1.5 s against an endpoint that takes ~200/s.
+  const auto end = steady::now() + 1500ms;
+  while (steady::now() < end) {
+    h.publish(std::vector<event>(4, make_event()));
+    std::this_thread::sleep_for(10ms);
+  }
+  const auto ordered_during = server.request_count("/ordered");
+  h.stop(0ms);
+  EXPECT_GE(ordered_during, 20u) << "ordered messages delivered while publishing went on";
+}

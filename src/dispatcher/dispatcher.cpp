@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <cmath>
 #include <exception>
+#include <limits>
 
 #include "dispatcher/request.hpp"
 #include "signer.hpp"
@@ -162,20 +163,18 @@ void dispatcher::unreserve(std::size_t n) {
   auto& sh = *shared_;
   std::lock_guard lock(sh.mutex);
   sh.reserved -= std::min(n, sh.reserved);
+  sh.cv.notify_all();  // stop() may wait for the reservations to end
 }
 
-void dispatcher::hand_off(std::vector<message> messages, std::size_t reserved) {
+void dispatcher::hand_off(std::vector<message> messages, std::size_t reserved,
+                          time_point leased_at) {
   auto& sh = *shared_;
   std::lock_guard lock(sh.mutex);
   sh.reserved -= std::min(reserved, sh.reserved);
-  if (messages.empty()) return;
-  if (sh.handed.empty()) {
-    sh.handed.swap(messages);
-  } else {
-    for (auto& m : messages) sh.handed.push_back(std::move(m));
-  }
+  sh.handed.reserve(sh.handed.size() + messages.size());
+  for (auto& m : messages) sh.handed.push_back({std::move(m), leased_at});
   sh.woken = true;
-  sh.cv.notify_one();
+  sh.cv.notify_all();
 }
 
 void dispatcher::stop(duration drain_timeout) {
@@ -189,6 +188,23 @@ void dispatcher::stop(duration drain_timeout) {
   }
   if (thread_.joinable()) thread_.join();
   transport_.reset();
+  // A publisher that reserved places before `stopping` may still be committing: wait for it
+  // (bounded), then give back what it handed over after the loop's last look, so that nothing
+  // stays leased to this worker until its lease runs out.
+  std::vector<handed_message> late;
+  {
+    std::unique_lock lock(shared_->mutex);
+    shared_->cv.wait_for(lock, std::chrono::seconds(5), [&] { return shared_->reserved == 0; });
+    late.swap(shared_->handed);
+  }
+  const auto now = ctx_.clock->now();
+  for (const auto& h : late) {
+    try {
+      ctx_.store->release(h.msg.id, now);
+    } catch (const std::exception& e) {
+      ctx_.logger->error("dispatcher: giving back {}: {}", h.msg.id, e.what());
+    }
+  }
   stopped_ = true;
 }
 
@@ -209,7 +225,7 @@ void dispatcher::run() {
   steady::time_point hard_deadline{};
   while (true) {
     std::vector<http_response> done;
-    std::vector<message> handed;
+    std::vector<handed_message> handed;
     bool stopping = false;
     steady::time_point drain_deadline;
     {
@@ -280,7 +296,12 @@ void dispatcher::run() {
       wait = at <= now
                  ? milliseconds(0)
                  : std::min(max_poll, duration_cast<milliseconds>(at - now) + milliseconds(1));
-      if (wait.count() > 0 && in_flight_ == 0 && waiting_ == 0) {
+      bool news = false;  // arrived since the top of this turn: no NOTIFY would announce it
+      {
+        std::lock_guard lock(sh.mutex);
+        news = sh.woken || !sh.completions.empty() || !sh.handed.empty() || sh.reserved > 0;
+      }
+      if (wait.count() > 0 && in_flight_ == 0 && waiting_ == 0 && !news) {
         // Nothing here can complete, so listening for another process's NOTIFY costs no local
         // latency except a publish from this process while we listen (bounded by `wait`).
         const auto t0 = steady::now();
@@ -303,17 +324,17 @@ void dispatcher::run() {
   try {
     record_results(ctx_.clock->now());  // what the last turn left, if a store error stopped it
     // Handed over too late to go: back to the store (reserve() refuses once stopping).
-    std::vector<message> late;
+    std::vector<handed_message> late;
     {
       std::lock_guard lock(sh.mutex);
       late.swap(sh.handed);
     }
-    for (auto& m : late) inbox_.push_back(std::move(m));
+    for (auto& h : late) inbox_.push_back(std::move(h));
     const auto now = ctx_.clock->now();
     while (!inbox_.empty()) {
-      const message m = std::move(inbox_.front());
+      const auto id = std::move(inbox_.front().msg.id);
       inbox_.pop_front();
-      give_back(m.id, now);
+      give_back(id, now);
     }
   } catch (const std::exception& e) {
     ctx_.logger->error("dispatcher: {}", e.what());
@@ -329,7 +350,19 @@ void dispatcher::turn(time_point now) {
     last_sweep_ = t;
   }
   pump(now);
-  take_inbox(now);
+  // Handed-over messages and due messages in the store share the room: while the store has due
+  // ones (retries, ordered messages, what did not fit, other processes' messages), the inbox
+  // takes at most half of it, so sustained publishing cannot starve them.
+  std::size_t inbox_limit = std::numeric_limits<std::size_t>::max();
+  if (!inbox_.empty() && t >= claim_pause_until_ && in_flight_ + waiting_ < claim_cap_ &&
+      ctx_.subscriptions->current()->size() != 0) {
+    const auto due = store_due(now);
+    if (due && *due <= now) {
+      const std::size_t room = claim_cap_ - (in_flight_ + waiting_);
+      inbox_limit = room / 2;
+    }
+  }
+  take_inbox(now, inbox_limit);
   // What pump() and take_inbox() started goes now: the claims below may wait on the store.
   if (!outbox_.empty()) transport_->submit(std::move(outbox_));
   // With no subscriptions every claimed message would die as "subscription removed": a hub
@@ -373,15 +406,14 @@ void dispatcher::turn(time_point now) {
   }
 }
 
-void dispatcher::take_inbox(time_point now) {
+void dispatcher::take_inbox(time_point now, std::size_t limit) {
   if (inbox_.empty()) return;
   const auto snap = ctx_.subscriptions->current();
-  while (!inbox_.empty() && in_flight_ + waiting_ < claim_cap_) {
-    message m = std::move(inbox_.front());
+  for (std::size_t n = 0; n < limit && !inbox_.empty() && in_flight_ + waiting_ < claim_cap_; ++n) {
+    handed_message h = std::move(inbox_.front());
     inbox_.pop_front();
-    // Leased since it was stored (at publish): the hold counts from then.
-    const auto claimed = std::min(m.created_at, now);
-    route(std::move(m), snap, now, claimed);
+    // Leased since it was stored: the hold counts from then, like a claim's.
+    route(std::move(h.msg), snap, now, std::min(h.leased_at, now));
   }
 }
 
@@ -523,6 +555,7 @@ void dispatcher::defer(waiting& w, time_point at) {
 
 void dispatcher::release_ordered(const std::string& subscription_id, time_point at) {
   ordered_busy_.erase(subscription_id);
+  due_known_ = false;  // the subscription's next message may have become its head
   auto it = parked_.find(subscription_id);
   if (it == parked_.end()) return;
   // Taken out first: a release that throws leaves no stale entry behind.
@@ -570,6 +603,7 @@ void dispatcher::pump(time_point now) {
 
 void dispatcher::finish_ordered(const std::string& subscription_id, time_point now) {
   ordered_busy_.erase(subscription_id);
+  due_known_ = false;  // the subscription's next message may have become its head
   auto it = parked_.find(subscription_id);
   if (it == parked_.end()) return;
   parked next = std::move(it->second.front());
@@ -801,7 +835,7 @@ void dispatcher::drain_local(time_point now) {
   }
   waiting_endpoints_.clear();
   waiting_ = 0;
-  for (const auto& m : inbox_) give_back(m.id, now);
+  for (const auto& h : inbox_) give_back(h.msg.id, now);
   inbox_.clear();
   for (auto& [sub, q] : parked_)
     for (auto& p : q) give_back(p.msg.id, now);

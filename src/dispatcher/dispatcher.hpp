@@ -65,9 +65,9 @@ class dispatcher {
   std::size_t reserve(std::size_t n);
   /// Gives back `n` reserved places that were not used.
   void unreserve(std::size_t n);
-  /// Messages stored leased to this worker (enqueue_claimed()), for `reserved` places taken by
-  /// reserve(): they are sent without a claim.
-  void hand_off(std::vector<message> messages, std::size_t reserved);
+  /// Messages stored leased to this worker (enqueue_claimed()) with a lease that started at
+  /// `leased_at`, for `reserved` places taken by reserve(): they are sent without a claim.
+  void hand_off(std::vector<message> messages, std::size_t reserved, time_point leased_at);
   /// How long a claim (and a message stored leased by hand_off's caller) is leased.
   std::chrono::milliseconds lease() const { return lease_; }
   /// Stops claiming, lets in-flight requests finish for up to `drain_timeout`, cancels the rest
@@ -137,8 +137,8 @@ class dispatcher {
   /// queued ahead) on every turn.
   std::optional<time_point> store_due(time_point now);
   void note_store_due(time_point at);
-  /// Routes handed-over messages while there is room; false when none is left waiting.
-  void take_inbox(time_point now);
+  /// Routes up to `limit` handed-over messages while there is room.
+  void take_inbox(time_point now, std::size_t limit);
   time_point next_wake(time_point now);
   template <class F>
   void call_hook(const char* name, F&& f);
@@ -150,15 +150,20 @@ class dispatcher {
   circuit_breaker_options breaker_options_;
   std::unique_ptr<transport> transport_;
 
+  struct handed_message {
+    message msg;
+    time_point leased_at{};  // the hold counts from here, like a claim's
+  };
+
   // Shared with other threads. Held by shared_ptr so that a clock's wake callback, which may
   // outlive the dispatcher, only ever touches live state.
   struct shared {
     std::mutex mutex;
     std::condition_variable cv;
     std::vector<http_response> completions;
-    std::vector<message> handed;  // hand_off(), not yet taken by the loop
-    std::size_t reserved = 0;     // places reserved and not yet handed over
-    std::size_t held = 0;         // the loop's messages (in flight, queued, in inbox_) last turn
+    std::vector<handed_message> handed;  // hand_off(), not yet taken by the loop
+    std::size_t reserved = 0;            // places reserved and not yet handed over
+    std::size_t held = 0;  // the loop's messages (in flight, queued, in inbox_) last turn
     bool woken = false;
     bool store_changed = false;  // wake(): the store may have new due messages
     bool stopping = false;
@@ -172,7 +177,7 @@ class dispatcher {
 
   // Dispatcher thread only.
   std::unordered_map<std::uint64_t, flight> flights_;
-  std::deque<message> inbox_;            // handed over by publishers, routed as room allows
+  std::deque<handed_message> inbox_;     // handed over by publishers, routed as room allows
   std::vector<http_request> outbox_;     // started this turn, submitted at its end
   std::vector<attempt_result> results_;  // of this turn's completions, recorded at once
   std::vector<message> delivered_;       // their delivered messages, announced once recorded

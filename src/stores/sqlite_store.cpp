@@ -407,8 +407,9 @@ class sqlite_store final : public delivery_store {
         throw error(where_ + ": enqueue: message " + m.id + ": subscription_id is empty");
       }
     }
-    if (lease != nullptr) leased = leased_by_publisher(batch, lease->count);
     write(true, "enqueue", [&] {
+      // Chosen afresh when a failed group batch runs this write again on its own.
+      if (lease != nullptr) leased = leased_by_publisher(batch, lease->count);
       for (std::size_t i = 0; i < batch.size(); ++i) {
         auto& m = batch[i];
         m.status = message_status::pending;
