@@ -21,6 +21,9 @@ using std::chrono::milliseconds;
 constexpr milliseconds max_poll{100};  // longest real wait, so a manual clock never deadlocks
 constexpr std::size_t max_claim = 256;
 constexpr std::size_t poll_engine_limit = 256;
+// How long the oldest handed-over message waits before due messages in the store get a share of
+// the room (turn()).
+constexpr milliseconds inbox_backlog{100};
 // Requests handed to the transport per running slot, in total and per endpoint. The transport
 // runs at most max_in_flight (endpoint_concurrency per endpoint) at once and starts the next
 // waiting one the moment a slot frees, so the slots stay busy while this thread handles
@@ -350,14 +353,17 @@ void dispatcher::turn(time_point now) {
     last_sweep_ = t;
   }
   pump(now);
-  // Handed-over messages and due messages in the store share the room: while the store has due
-  // ones (retries, ordered messages, what did not fit, other processes' messages), the inbox
-  // takes at most half of it, so sustained publishing cannot starve them.
+  // Handed-over messages and due messages in the store share the room in time order. Once the
+  // oldest handed-over message has waited here a while (publishing outruns delivery), and the
+  // store has a message due before it (a retry, an ordered message, what did not fit, another
+  // process's message), the inbox takes at most half of the room, so sustained publishing cannot
+  // starve them. Not before: asking the store may wait for its writer.
   std::size_t inbox_limit = std::numeric_limits<std::size_t>::max();
-  if (!inbox_.empty() && t >= claim_pause_until_ && in_flight_ + waiting_ < claim_cap_ &&
+  if (!inbox_.empty() && inbox_.front().leased_at + inbox_backlog <= now &&
+      t >= claim_pause_until_ && in_flight_ + waiting_ < claim_cap_ &&
       ctx_.subscriptions->current()->size() != 0) {
     const auto due = store_due(now);
-    if (due && *due <= now) {
+    if (due && *due <= now && *due < inbox_.front().msg.next_attempt_at) {
       const std::size_t room = claim_cap_ - (in_flight_ + waiting_);
       inbox_limit = room / 2;
     }
