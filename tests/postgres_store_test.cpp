@@ -209,6 +209,40 @@ TEST_F(postgres_store, subscriptions_are_shared_through_the_database) {
   }
 }
 
+// A schema at version 2 (no ordered-head index) migrates in place: the index appears and ordered
+// messages still wait for the one before them.
+TEST_F(postgres_store, a_version_2_schema_is_migrated_in_place) {
+  const std::string c = schema_->conninfo();
+  {
+    auto s = open();
+    std::vector<message> b{make_message("o1", "s1", t0_, true),
+                           make_message("o2", "s1", t0_, true)};
+    s->enqueue(b);
+  }
+  test::pg_exec(c,
+                "DROP INDEX messages_ordered_head; DELETE FROM schema_version WHERE version > 2");
+  auto has_index = [&] {
+    try {
+      test::pg_exec(c,
+                    "DO $$ BEGIN IF NOT EXISTS (SELECT 1 FROM pg_indexes WHERE schemaname = "
+                    "current_schema() AND indexname = 'messages_ordered_head') THEN RAISE "
+                    "EXCEPTION 'missing'; END IF; END $$");
+      return true;
+    } catch (const std::runtime_error&) {
+      return false;
+    }
+  };
+  ASSERT_FALSE(has_index());
+  auto s = open();
+  EXPECT_TRUE(has_index());
+  EXPECT_NO_THROW(test::pg_exec(c,
+                                "DO $$ BEGIN IF (SELECT max(version) FROM schema_version) <> 3 "
+                                "THEN RAISE EXCEPTION 'version'; END IF; END $$"));
+  auto got = s->claim(claim_at(t0_ + 1s, "w1"));
+  ASSERT_EQ(got.size(), 1u);
+  EXPECT_EQ(got[0].id, "o1");
+}
+
 // A dispatching hub on PostgreSQL sends what it publishes at once. Its own NOTIFY may reach its
 // idle loop before the messages are handed over; the loop must not then listen for the next
 // notification and sleep through the hand-over.

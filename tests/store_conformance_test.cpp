@@ -157,6 +157,14 @@ TEST_P(store_conformance, ordered_message_waits_until_the_earlier_one_is_done) {
   EXPECT_EQ(ids(store_->claim(claim_at(t0_ + 11s))), (std::vector<std::string>{"o2"}));
 }
 
+// Messages published while the subscription was not ordered promised no order: they do not hold
+// up its first ordered message.
+TEST_P(store_conformance, an_earlier_unordered_message_does_not_hold_up_an_ordered_one) {
+  put({make_message("u", "s1", t0_), make_message("o1", "s1", t0_ + 1ms, true),
+       make_message("o2", "s1", t0_ + 2ms, true)});
+  EXPECT_EQ(ids(store_->claim(claim_at(t0_ + 1s))), (std::vector<std::string>{"u", "o1"}));
+}
+
 TEST_P(store_conformance, complete_marks_delivered_releases_and_records_the_attempt) {
   put({make_message("a", "s1", t0_)});
   auto m = store_->claim(claim_at(t0_)).at(0);

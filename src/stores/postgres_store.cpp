@@ -110,6 +110,12 @@ CREATE TABLE subscriptions(
     R"sql(
 CREATE INDEX messages_lease_until ON messages(lease_until) WHERE lease_until IS NOT NULL;
 )sql",
+    // 3: the ordered-head check looks only at pending ordered messages (as the other stores do)
+    // through an index that holds nothing else.
+    R"sql(
+CREATE INDEX messages_ordered_head ON messages(subscription_id, sequence)
+  WHERE ordered AND status = 'pending';
+)sql",
 };
 static_assert(std::size(kMigrations) == postgres_schema_version);
 
@@ -121,15 +127,13 @@ constexpr const char* kAttemptColumns =
     "message_id, subscription_id, event_id, event_name, url, http_method, attempt, started_at, "
     "duration_us, status_code, error, request_length, response_length, response_head, success";
 
-// An ordered message is claimable only when no earlier message of its subscription is pending.
-// (The memory and SQLite stores look only at earlier *ordered* messages; adding `AND p.ordered`
-// here made PostgreSQL's generic plan for the claim up to ten times slower, see
-// docs/operations.md.)
-#define HOOKLINE_ORDERED_HEAD(alias)                  \
-  "AND (NOT " alias                                   \
-  ".ordered OR NOT EXISTS (SELECT 1 FROM messages p " \
-  "WHERE p.subscription_id = " alias                  \
-  ".subscription_id AND p.status = 'pending' "        \
+// An ordered message is claimable only when no earlier ordered message of its subscription is
+// pending (as in the other stores), found in messages_ordered_head.
+#define HOOKLINE_ORDERED_HEAD(alias)                         \
+  "AND (NOT " alias                                          \
+  ".ordered OR NOT EXISTS (SELECT 1 FROM messages p "        \
+  "WHERE p.subscription_id = " alias                         \
+  ".subscription_id AND p.ordered AND p.status = 'pending' " \
   "AND p.sequence < " alias ".sequence)) "
 
 // Inserts the attempt ($1 key, $2..$16 fields) of a known message ($18) unless a retried batch

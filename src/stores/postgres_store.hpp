@@ -8,7 +8,7 @@
 namespace hookline::detail {
 
 /// The schema version a PostgreSQL outbox is migrated to at open.
-inline constexpr int postgres_schema_version = 2;
+inline constexpr int postgres_schema_version = 3;
 
 /// The NOTIFY channel every store instance listens on; the payload is the outbox's schema name,
 /// so outboxes in different schemas of one database do not wake each other.
