@@ -209,6 +209,24 @@ TEST_F(postgres_store, subscriptions_are_shared_through_the_database) {
   }
 }
 
+// enqueue_claimed() run again after a lost connection finds its rows stored by the first try
+// (whose commit was not acknowledged): rows carrying exactly its lease are still the publisher's
+// to deliver; rows stored by anyone else are not.
+TEST_F(postgres_store, enqueue_claimed_again_keeps_only_rows_with_its_own_lease) {
+  auto s = open();
+  std::vector<message> first{make_message("a", "s1", t0_), make_message("b", "s1", t0_)};
+  const enqueue_lease lease{"pub", t0_ + 30s, 2};
+  ASSERT_EQ(s->enqueue_claimed(first, lease), (std::vector<bool>{true, true}));
+  std::vector<message> again{make_message("a", "s1", t0_), make_message("b", "s1", t0_),
+                             make_message("c", "s1", t0_)};
+  const enqueue_lease retry{"pub", t0_ + 30s, 3};
+  EXPECT_EQ(s->enqueue_claimed(again, retry), (std::vector<bool>{true, true, true}));
+  EXPECT_EQ(again[1].sequence, first[1].sequence);
+  std::vector<message> other{make_message("a", "s1", t0_), make_message("d", "s1", t0_)};
+  EXPECT_EQ(s->enqueue_claimed(other, enqueue_lease{"someone-else", t0_ + 30s, 2}),
+            (std::vector<bool>{false, true}));
+}
+
 // A schema at version 2 (no ordered-head index) migrates in place: the index appears and ordered
 // messages still wait for the one before them.
 TEST_F(postgres_store, a_version_2_schema_is_migrated_in_place) {

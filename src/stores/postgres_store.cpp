@@ -1106,14 +1106,31 @@ class postgres_store final : public delivery_store {
     for (int i = 0; i < r.rows(); ++i) seq.emplace(r.str(i, 0), r.i64(i, 1));
     std::vector<std::string> missing;
     for (std::size_t i = start; i < end; ++i) {
-      if (seq.count(batch[i].id)) continue;
-      missing.push_back(batch[i].id);
-      if (!leased.empty()) leased[i] = false;
+      if (!seq.count(batch[i].id)) missing.push_back(batch[i].id);
     }
     if (!missing.empty()) {
-      auto e = c.exec("SELECT id, sequence FROM messages WHERE id = ANY($1::text[])",
-                      params().add(text_array(missing)));
-      for (int i = 0; i < e.rows(); ++i) seq.emplace(e.str(i, 0), e.i64(i, 1));
+      // Stored already. Still ours to deliver only when it carries exactly this lease: an
+      // attempt of this same call whose commit was acknowledged too late (a lost connection).
+      auto e = c.exec(
+          "SELECT id, sequence, status = 'pending' AND lease_owner IS NOT DISTINCT FROM $2 AND "
+          "lease_until IS NOT DISTINCT FROM $3::bigint FROM messages WHERE id = ANY($1::text[])",
+          params()
+              .add(text_array(missing))
+              .add(lease != nullptr ? lease->worker_id : std::string())
+              .add(lease != nullptr ? to_ns(lease->until) : std::int64_t{0}));
+      std::unordered_map<std::string, bool> ours;
+      for (int i = 0; i < e.rows(); ++i) {
+        seq.emplace(e.str(i, 0), e.i64(i, 1));
+        ours.emplace(e.str(i, 0), e.str(i, 2) == "t");
+      }
+      for (std::size_t i = start; i < end && !leased.empty(); ++i) {
+        if (!leased[i] || seq.count(batch[i].id) == 0) continue;
+        auto it = ours.find(batch[i].id);
+        if (it != ours.end() && !it->second) leased[i] = false;
+      }
+    }
+    for (std::size_t i = start; i < end && !leased.empty(); ++i) {
+      if (leased[i] && seq.count(batch[i].id) == 0) leased[i] = false;  // not stored at all
     }
     for (std::size_t i = start; i < end; ++i) {
       auto it = seq.find(batch[i].id);
