@@ -254,7 +254,16 @@ class hub::impl {
       }
       messages_.fetch_add(batch.size(), std::memory_order_relaxed);
       const bool all_handed = handed.size() == batch.size();
-      if (places > 0) dispatcher_->hand_off(std::move(handed), places, leased_at);
+      if (places > 0) {
+        // Refused only when the dispatcher has stopped: nobody will send them, so they go back.
+        for (const auto& m : dispatcher_->hand_off(std::move(handed), places, leased_at)) {
+          try {
+            store_->release(m.id, leased_at);
+          } catch (const std::exception& e) {
+            opts_.logger->error("publish: giving back {}: {}", m.id, e.what());
+          }
+        }
+      }
       if (!all_handed) wake();
     }
     published_.fetch_add(events, std::memory_order_relaxed);

@@ -169,15 +169,20 @@ void dispatcher::unreserve(std::size_t n) {
   sh.cv.notify_all();  // stop() may wait for the reservations to end
 }
 
-void dispatcher::hand_off(std::vector<message> messages, std::size_t reserved,
-                          time_point leased_at) {
+std::vector<message> dispatcher::hand_off(std::vector<message> messages, std::size_t reserved,
+                                          time_point leased_at) {
   auto& sh = *shared_;
   std::lock_guard lock(sh.mutex);
   sh.reserved -= std::min(reserved, sh.reserved);
+  if (sh.finished) {
+    sh.cv.notify_all();
+    return messages;  // stop() has given up waiting: the caller gives them back
+  }
   sh.handed.reserve(sh.handed.size() + messages.size());
   for (auto& m : messages) sh.handed.push_back({std::move(m), leased_at});
   sh.woken = true;
   sh.cv.notify_all();
+  return {};
 }
 
 void dispatcher::stop(duration drain_timeout) {
@@ -199,6 +204,7 @@ void dispatcher::stop(duration drain_timeout) {
     std::unique_lock lock(shared_->mutex);
     shared_->cv.wait_for(lock, std::chrono::seconds(5), [&] { return shared_->reserved == 0; });
     late.swap(shared_->handed);
+    shared_->finished = true;  // later hand-overs go back to their publisher
   }
   const auto now = ctx_.clock->now();
   for (const auto& h : late) {
@@ -353,15 +359,21 @@ void dispatcher::turn(time_point now) {
     last_sweep_ = t;
   }
   pump(now);
+  // What pump() started goes now: the check below and the claims may wait on the store.
+  if (!outbox_.empty()) transport_->submit(std::move(outbox_));
   // Handed-over messages and due messages in the store share the room in time order. Once the
   // oldest handed-over message has waited here a while (publishing outruns delivery), and the
   // store has a message due before it (a retry, an ordered message, what did not fit, another
   // process's message), the inbox takes at most half of the room, so sustained publishing cannot
-  // starve them. Not before: asking the store may wait for its writer.
+  // starve them. Not before, and the store is asked again only when the periodic look is due or
+  // an ordered subscription moved on: asking may wait for its writer, and a publish that did not
+  // fit (which invalidates the cached answer) is newer than the inbox anyway.
   std::size_t inbox_limit = std::numeric_limits<std::size_t>::max();
   if (!inbox_.empty() && inbox_.front().leased_at + inbox_backlog <= now &&
       t >= claim_pause_until_ && in_flight_ + waiting_ < claim_cap_ &&
-      ctx_.subscriptions->current()->size() != 0) {
+      ctx_.subscriptions->current()->size() != 0 &&
+      (due_known_ || t >= next_probe_ || ordered_moved_)) {
+    ordered_moved_ = false;
     const auto due = store_due(now);
     if (due && *due <= now && *due < inbox_.front().msg.next_attempt_at) {
       const std::size_t room = claim_cap_ - (in_flight_ + waiting_);
@@ -369,7 +381,7 @@ void dispatcher::turn(time_point now) {
     }
   }
   take_inbox(now, inbox_limit);
-  // What pump() and take_inbox() started goes now: the claims below may wait on the store.
+  // What take_inbox() started goes now: the claims below may wait on the store.
   if (!outbox_.empty()) transport_->submit(std::move(outbox_));
   // With no subscriptions every claimed message would die as "subscription removed": a hub
   // opened on a store with pending messages waits until the host has loaded its subscriptions.
@@ -562,6 +574,7 @@ void dispatcher::defer(waiting& w, time_point at) {
 void dispatcher::release_ordered(const std::string& subscription_id, time_point at) {
   ordered_busy_.erase(subscription_id);
   due_known_ = false;  // the subscription's next message may have become its head
+  ordered_moved_ = true;
   auto it = parked_.find(subscription_id);
   if (it == parked_.end()) return;
   // Taken out first: a release that throws leaves no stale entry behind.
@@ -610,6 +623,7 @@ void dispatcher::pump(time_point now) {
 void dispatcher::finish_ordered(const std::string& subscription_id, time_point now) {
   ordered_busy_.erase(subscription_id);
   due_known_ = false;  // the subscription's next message may have become its head
+  ordered_moved_ = true;
   auto it = parked_.find(subscription_id);
   if (it == parked_.end()) return;
   parked next = std::move(it->second.front());

@@ -67,7 +67,9 @@ class dispatcher {
   void unreserve(std::size_t n);
   /// Messages stored leased to this worker (enqueue_claimed()) with a lease that started at
   /// `leased_at`, for `reserved` places taken by reserve(): they are sent without a claim.
-  void hand_off(std::vector<message> messages, std::size_t reserved, time_point leased_at);
+  /// Returns what it did not take (after stop() has finished): the caller releases those.
+  [[nodiscard]] std::vector<message> hand_off(std::vector<message> messages, std::size_t reserved,
+                                              time_point leased_at);
   /// How long a claim (and a message stored leased by hand_off's caller) is leased.
   std::chrono::milliseconds lease() const { return lease_; }
   /// Stops claiming, lets in-flight requests finish for up to `drain_timeout`, cancels the rest
@@ -166,6 +168,7 @@ class dispatcher {
     std::size_t held = 0;  // the loop's messages (in flight, queued, in inbox_) last turn
     bool woken = false;
     bool store_changed = false;  // wake(): the store may have new due messages
+    bool finished = false;       // stop() is done with hand-overs
     bool stopping = false;
     std::chrono::steady_clock::time_point drain_deadline{};
   };
@@ -214,6 +217,7 @@ class dispatcher {
   std::size_t claim_limit_ = 256;
   std::chrono::steady_clock::time_point claim_pause_until_{};
   bool due_known_ = false;
+  bool ordered_moved_ = false;  // an ordered subscription's next message may be claimable
   std::optional<time_point> due_cache_;
   std::chrono::steady_clock::time_point next_probe_{};
   std::chrono::steady_clock::time_point last_sweep_{};
