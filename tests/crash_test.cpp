@@ -60,20 +60,28 @@ std::string write_events(test::temp_dir& dir, int events) {
   return events_file;
 }
 
-TEST(crash, sigkilled_worker_loses_nothing_and_duplicates_only_what_was_in_flight) {
+/// 3,000 File Create events for one subscription on a receiver that answers after 5 ms (slow
+/// enough that the killed process always has requests in flight), and a SQLite outbox.
+class crash : public ::testing::Test {
+ protected:
+  static constexpr int events = 3000;
+  static constexpr int concurrency = 32;
+
+  void SetUp() override {
+    ASSERT_TRUE(std::filesystem::exists(bin))
+        << bin << " is missing: build the hookline_cli target";
+    server.set_default(test::response::slow(5ms, 204));
+  }
+
   const std::string bin = test::bin_dir() + "/hookline";
-  ASSERT_TRUE(std::filesystem::exists(bin)) << bin << " is missing: build the hookline_cli target";
   test::temp_dir dir;
   test::test_server server;
-  // Slow enough answers that the worker always has requests in flight when it is killed.
-  server.set_default(test::response::slow(5ms, 204));
-
-  constexpr int events = 3000;
-  constexpr int concurrency = 32;
   const std::string subs = write_subscriptions(dir, server);
   const std::string events_file = write_events(dir, events);
   const std::string store = "sqlite:" + dir.file("outbox.db");
+};
 
+TEST_F(crash, sigkilled_worker_loses_nothing_and_duplicates_only_what_was_in_flight) {
   // 1. Publish: exits once every message is committed.
   test::background_process publisher(
       {bin, "publish", "--subscriptions", subs, "--store", store, events_file},
@@ -140,17 +148,7 @@ TEST(crash, sigkilled_worker_loses_nothing_and_duplicates_only_what_was_in_fligh
 // its dispatcher, stored leased to it. Killed mid-flight, nothing it committed is lost: a worker
 // started on the same file takes over those leases at once (no other process has the file open)
 // and delivers the rest.
-TEST(crash, sigkilled_dispatch_loses_nothing_it_committed) {
-  const std::string bin = test::bin_dir() + "/hookline";
-  ASSERT_TRUE(std::filesystem::exists(bin)) << bin << " is missing: build the hookline_cli target";
-  test::temp_dir dir;
-  test::test_server server;
-  server.set_default(test::response::slow(5ms, 204));
-  constexpr int events = 3000;
-  constexpr int concurrency = 32;
-  const std::string subs = write_subscriptions(dir, server);
-  const std::string events_file = write_events(dir, events);
-  const std::string store = "sqlite:" + dir.file("outbox.db");
+TEST_F(crash, sigkilled_dispatch_loses_nothing_it_committed) {
   const std::vector<std::string> common{"--subscriptions",
                                         subs,
                                         "--store",

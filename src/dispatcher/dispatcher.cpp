@@ -571,10 +571,14 @@ void dispatcher::defer(waiting& w, time_point at) {
   if (w.msg.ordered) release_ordered(w.msg.subscription_id, at);
 }
 
-void dispatcher::release_ordered(const std::string& subscription_id, time_point at) {
+void dispatcher::ordered_idle(const std::string& subscription_id) {
   ordered_busy_.erase(subscription_id);
   due_known_ = false;  // the subscription's next message may have become its head
   ordered_moved_ = true;
+}
+
+void dispatcher::release_ordered(const std::string& subscription_id, time_point at) {
+  ordered_idle(subscription_id);
   auto it = parked_.find(subscription_id);
   if (it == parked_.end()) return;
   // Taken out first: a release that throws leaves no stale entry behind.
@@ -621,9 +625,7 @@ void dispatcher::pump(time_point now) {
 }
 
 void dispatcher::finish_ordered(const std::string& subscription_id, time_point now) {
-  ordered_busy_.erase(subscription_id);
-  due_known_ = false;  // the subscription's next message may have become its head
-  ordered_moved_ = true;
+  ordered_idle(subscription_id);
   auto it = parked_.find(subscription_id);
   if (it == parked_.end()) return;
   parked next = std::move(it->second.front());

@@ -115,6 +115,8 @@ class dispatcher {
   void pump(time_point now);
   void defer(waiting& w, time_point at);
   void finish_ordered(const std::string& subscription_id, time_point now);
+  /// The subscription has no message in flight any more (and its next may now be claimable).
+  void ordered_idle(const std::string& subscription_id);
   /// The subscription has no message in flight any more; its parked ones go back to the store,
   /// due at `at`.
   void release_ordered(const std::string& subscription_id, time_point at);

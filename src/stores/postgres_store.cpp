@@ -640,12 +640,7 @@ class postgres_store final : public delivery_store {
   std::vector<bool> insert(std::vector<message>& batch, const enqueue_lease* lease) {
     std::vector<bool> leased;
     if (batch.empty()) return leased;
-    for (const auto& m : batch) {
-      if (m.id.empty()) throw error(where_ + ": enqueue: message id is empty");
-      if (m.subscription_id.empty()) {
-        throw error(where_ + ": enqueue: message " + m.id + ": subscription_id is empty");
-      }
-    }
+    check_new_messages(batch, where_);
     for (auto& m : batch) {
       m.status = message_status::pending;
       if (m.updated_at == time_point{}) m.updated_at = m.created_at;

@@ -95,6 +95,16 @@ inline std::shared_ptr<spdlog::logger> store_logger() {
   return std::make_shared<spdlog::logger>("hookline");
 }
 
+/// enqueue(): every message needs an id and a subscription (checked before anything is stored).
+inline void check_new_messages(const std::vector<message>& batch, const std::string& where) {
+  for (const auto& m : batch) {
+    if (m.id.empty()) throw hookline::error(where + ": enqueue: message id is empty");
+    if (m.subscription_id.empty()) {
+      throw hookline::error(where + ": enqueue: message " + m.id + ": subscription_id is empty");
+    }
+  }
+}
+
 /// One write for the committer thread; `run` executes inside the batch's transaction.
 struct write_op {
   std::function<void()> run;

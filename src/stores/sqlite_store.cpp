@@ -401,12 +401,7 @@ class sqlite_store final : public delivery_store {
   std::vector<bool> insert(std::vector<message>& batch, const enqueue_lease* lease) {
     std::vector<bool> leased;
     if (batch.empty()) return leased;
-    for (const auto& m : batch) {
-      if (m.id.empty()) throw error(where_ + ": enqueue: message id is empty");
-      if (m.subscription_id.empty()) {
-        throw error(where_ + ": enqueue: message " + m.id + ": subscription_id is empty");
-      }
-    }
+    check_new_messages(batch, where_);
     write(true, "enqueue", [&] {
       // Chosen afresh when a failed group batch runs this write again on its own.
       if (lease != nullptr) leased = leased_by_publisher(batch, lease->count);
