@@ -225,6 +225,10 @@ TEST_F(postgres_store, enqueue_claimed_again_keeps_only_rows_with_its_own_lease)
   std::vector<message> other{make_message("a", "s1", t0_), make_message("d", "s1", t0_)};
   EXPECT_EQ(s->enqueue_claimed(other, enqueue_lease{"someone-else", t0_ + 30s, 2}),
             (std::vector<bool>{false, true}));
+  // One id twice in a batch: stored once, handed over once.
+  std::vector<message> twice{make_message("e", "s1", t0_), make_message("e", "s1", t0_)};
+  EXPECT_EQ(s->enqueue_claimed(twice, enqueue_lease{"pub", t0_ + 30s, 2}),
+            (std::vector<bool>{true, false}));
 }
 
 // A schema at version 2 (no ordered-head index) migrates in place: the index appears and ordered
