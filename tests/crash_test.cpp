@@ -79,6 +79,24 @@ class crash : public ::testing::Test {
   const std::string subs = write_subscriptions(dir, server);
   const std::string events_file = write_events(dir, events);
   const std::string store = "sqlite:" + dir.file("outbox.db");
+
+  /// `hookline COMMAND` with the subscriptions, the store and the delivery options, then `tail`.
+  std::vector<std::string> delivering(const std::string& command,
+                                      std::vector<std::string> tail = {}) const {
+    std::vector<std::string> args{bin,
+                                  command,
+                                  "--subscriptions",
+                                  subs,
+                                  "--store",
+                                  store,
+                                  "--allow-private",
+                                  "--concurrency",
+                                  std::to_string(concurrency),
+                                  "--endpoint-concurrency",
+                                  std::to_string(concurrency)};
+    args.insert(args.end(), tail.begin(), tail.end());
+    return args;
+  }
 };
 
 TEST_F(crash, sigkilled_worker_loses_nothing_and_duplicates_only_what_was_in_flight) {
@@ -94,18 +112,8 @@ TEST_F(crash, sigkilled_worker_loses_nothing_and_duplicates_only_what_was_in_fli
   EXPECT_EQ(server.request_count(), 0u) << "publish must not deliver";
 
   // 2. A worker delivers until it is killed mid-flight.
-  const std::vector<std::string> worker_args{bin,
-                                             "worker",
-                                             "--subscriptions",
-                                             subs,
-                                             "--store",
-                                             store,
-                                             "--allow-private",
-                                             "--concurrency",
-                                             std::to_string(concurrency),
-                                             "--endpoint-concurrency",
-                                             std::to_string(concurrency)};
-  test::background_process first(worker_args, dir.file("worker1.out"), dir.file("worker1.err"));
+  test::background_process first(delivering("worker"), dir.file("worker1.out"),
+                                 dir.file("worker1.err"));
   ASSERT_TRUE(first.started());
   ASSERT_TRUE(server.wait_for_requests(events / 3, 120s))
       << "the first worker delivered only " << server.request_count() << "\n"
@@ -117,9 +125,8 @@ TEST_F(crash, sigkilled_worker_loses_nothing_and_duplicates_only_what_was_in_fli
   EXPECT_LT(before_restart, static_cast<std::size_t>(events)) << "killed too late to matter";
 
   // 3. Another worker resumes what the first one left and drains the outbox.
-  auto drain_args = worker_args;
-  drain_args.insert(drain_args.end(), {"--drain", "--drain-timeout", "120"});
-  test::background_process second(drain_args, dir.file("worker2.out"), dir.file("worker2.err"));
+  test::background_process second(delivering("worker", {"--drain", "--drain-timeout", "120"}),
+                                  dir.file("worker2.out"), dir.file("worker2.err"));
   ASSERT_TRUE(second.started());
   ASSERT_EQ(second.wait_for(180s), 0) << second.err();
   const auto drained = summary(dir.file("worker2.out"));
@@ -149,22 +156,7 @@ TEST_F(crash, sigkilled_worker_loses_nothing_and_duplicates_only_what_was_in_fli
 // started on the same file takes over those leases at once (no other process has the file open)
 // and delivers the rest.
 TEST_F(crash, sigkilled_dispatch_loses_nothing_it_committed) {
-  const std::vector<std::string> common{"--subscriptions",
-                                        subs,
-                                        "--store",
-                                        store,
-                                        "--allow-private",
-                                        "--concurrency",
-                                        std::to_string(concurrency),
-                                        "--endpoint-concurrency",
-                                        std::to_string(concurrency)};
-  auto args = [&](std::vector<std::string> head, std::vector<std::string> tail) {
-    head.insert(head.end(), common.begin(), common.end());
-    head.insert(head.end(), tail.begin(), tail.end());
-    return head;
-  };
-
-  test::background_process first(args({bin, "dispatch"}, {events_file}), dir.file("dispatch.out"),
+  test::background_process first(delivering("dispatch", {events_file}), dir.file("dispatch.out"),
                                  dir.file("dispatch.err"));
   ASSERT_TRUE(first.started());
   ASSERT_TRUE(server.wait_for_requests(events / 3, 120s))
@@ -175,7 +167,7 @@ TEST_F(crash, sigkilled_dispatch_loses_nothing_it_committed) {
   ASSERT_TRUE(first.killed_by_signal());
   const std::size_t before_restart = server.request_count();
 
-  test::background_process second(args({bin, "worker"}, {"--drain", "--drain-timeout", "120"}),
+  test::background_process second(delivering("worker", {"--drain", "--drain-timeout", "120"}),
                                   dir.file("worker.out"), dir.file("worker.err"));
   ASSERT_TRUE(second.started());
   ASSERT_EQ(second.wait_for(180s), 0) << second.err();
