@@ -105,6 +105,61 @@ TEST(payload, render_body_without_custom_payload_is_the_default_in_sensenet_orde
   EXPECT_EQ(hookline::render_body(sample_event(), s, ctx()), body);
 }
 
+// The default body is written directly, not through nlohmann; it must be the same bytes as
+// nlohmann's ordered serialization, for every kind of string: escapes, control characters,
+// multi-byte UTF-8, and malformed UTF-8 (which nlohmann replaces with U+FFFD).
+TEST(payload, default_body_is_byte_for_byte_what_nlohmann_writes) {
+  const std::string awkward[] = {
+      "",
+      "plain",
+      "quote \" backslash \\ slash /",
+      std::string("nul \0 bell \a del \x7f", 18),
+      "\b\f\n\r\t\x01\x1f",
+      "\xc3\xa9t\xc3\xa9 \xe2\x82\xac \xf0\x9f\x98\x80",  // é, €, an emoji
+      "\xc0\x80",                                         // overlong NUL
+      "\xe0\x9f\xbf",                                     // overlong 3-byte
+      "\xed\xa0\x80",                                     // a surrogate
+      "\xf4\x90\x80\x80",                                 // above U+10FFFF
+      "\xe2\x82",                                         // truncated
+      "\xf0\x9f\x98",                                     // truncated 4-byte
+      "\x80 lone continuation",
+      "\xf5\x80\x80\x80",
+  };
+  for (const auto& text : awkward) {
+    auto e = sample_event();
+    e.path = "/Root/" + text;
+    e.name = text;
+    e.display_name = text;
+    e.version = text;
+    e.previous_version = text;
+    e.changed_fields = {text, "Name"};
+    e.node_id = -9223372036854775807 - 1;
+    e.modified_by = 9223372036854775807;
+    hookline::subscription s;
+    s.id = "sub-" + text;
+    auto c = ctx();
+    c.repository = text;
+    nlohmann::ordered_json expected = nlohmann::ordered_json::object();
+    expected["nodeId"] = e.node_id;
+    expected["versionId"] = e.version_id;
+    expected["version"] = e.version;
+    expected["previousVersion"] = *e.previous_version;
+    expected["versionModificationDate"] = e.version_modification_date;
+    expected["modifiedBy"] = e.modified_by;
+    expected["path"] = e.path;
+    expected["name"] = e.name;
+    expected["displayName"] = e.display_name;
+    expected["eventName"] = e.event_name;
+    expected["subscriptionId"] = s.id;
+    expected["sentTime"] = "2024-01-31T10:20:30.456Z";
+    expected["repository"] = c.repository;
+    expected["changedFields"] = e.changed_fields;
+    EXPECT_EQ(hookline::render_body(e, s, c),
+              expected.dump(-1, ' ', false, nlohmann::ordered_json::error_handler_t::replace))
+        << "for the string " << json(text).dump(-1, ' ', true, json::error_handler_t::replace);
+  }
+}
+
 TEST(payload, render_body_merges_custom_payload_over_the_default) {
   hookline::subscription s;
   s.id = "sub-1";
