@@ -688,7 +688,7 @@ void dispatcher::handle(http_response&& r, time_point now) {
   rec.error = o.reason;
   rec.request_length = r.request_length;
   rec.response_length = r.response_length;
-  rec.response_head = r.body_head;
+  rec.response_head = std::move(r.body_head);
   rec.success = o.k == outcome::kind::success;
   ctx_.counters->attempts.fetch_add(1, std::memory_order_relaxed);
   if (ctx_.hooks.on_attempt) call_hook("on_attempt", [&] { ctx_.hooks.on_attempt(rec); });
@@ -699,6 +699,7 @@ void dispatcher::handle(http_response&& r, time_point now) {
   const auto& policy = ctx_.delivery.retry;
   switch (o.k) {
     case outcome::kind::success:
+      if (results_.capacity() == 0) results_.reserve(in_flight_ + 1);
       results_.push_back({m.id, std::nullopt, std::move(rec)});
       m.status = message_status::delivered;
       m.last_error.clear();
@@ -748,6 +749,15 @@ void dispatcher::record_results(time_point now) {
   if (results_.empty() && delivered_.empty()) return;
   std::vector<message> delivered;
   delivered.swap(delivered_);
+  // The next turn's completions reuse this one's room (a store may move results_ away).
+  struct give_back_room {
+    std::vector<message>& from;
+    std::vector<message>& to;
+    ~give_back_room() {
+      from.clear();
+      if (to.empty()) to.swap(from);
+    }
+  } room{delivered, delivered_};
   // A store that throws here leaves the messages leased: they go again when the lease runs out
   // (at-least-once), never lost.
   std::exception_ptr error;
