@@ -179,6 +179,16 @@ TEST_F(cli, dispatch_gives_up_at_once_on_410_and_400_and_logs_each_dead_message)
   EXPECT_NE(r.err.find("410"), std::string::npos) << r.err;
   EXPECT_NE(r.err.find("subscription \"bad\""), std::string::npos) << r.err;
   EXPECT_NE(r.err.find("400"), std::string::npos) << r.err;
+  // Each said once: the tool's own line, not the library's warning as well.
+  const auto count = [&](std::string_view needle) {
+    std::size_t n = 0;
+    for (auto at = r.err.find(needle); at != std::string::npos; at = r.err.find(needle, at + 1))
+      ++n;
+    return n;
+  };
+  EXPECT_EQ(count("dead: message"), 2u) << r.err;
+  EXPECT_EQ(count(" is dead"), 0u) << r.err;
+  EXPECT_EQ(count("disabled"), 1u) << r.err;
 }
 
 TEST_F(cli, dispatch_exits_3_when_the_drain_timeout_leaves_messages_pending) {

@@ -798,7 +798,9 @@ void dispatcher::dead(const message& m, const std::string& reason, const attempt
   ctx_.store->dead_letter(m.id, reason, a);
   ctx_.counters->dead.fetch_add(1, std::memory_order_relaxed);
   if (ctx_.on_finished) ctx_.on_finished(1);
-  ctx_.logger->warn("message {} for subscription {} is dead: {}", m.id, m.subscription_id, reason);
+  // A host with the hook reports dead messages itself; its log then does not say it twice.
+  ctx_.logger->log(ctx_.hooks.on_dead ? spdlog::level::info : spdlog::level::warn,
+                   "message {} for subscription {} is dead: {}", m.id, m.subscription_id, reason);
   if (ctx_.hooks.on_dead) {
     message copy = m;
     copy.status = message_status::dead;
@@ -834,7 +836,8 @@ void dispatcher::note_success(const std::string& subscription_id) {
 void dispatcher::disable(const std::string& subscription_id, const std::string& reason) {
   ctx_.subscriptions->set_enabled(subscription_id, false);
   ctx_.store->save_state({subscription_id, true, reason, std::nullopt});
-  ctx_.logger->warn("subscription {} disabled: {}", subscription_id, reason);
+  ctx_.logger->log(ctx_.hooks.on_subscription_disabled ? spdlog::level::info : spdlog::level::warn,
+                   "subscription {} disabled: {}", subscription_id, reason);
   if (ctx_.hooks.on_subscription_disabled)
     call_hook("on_subscription_disabled",
               [&] { ctx_.hooks.on_subscription_disabled(subscription_id, reason); });
