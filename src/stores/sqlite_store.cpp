@@ -973,7 +973,7 @@ class sqlite_store final : public delivery_store {
     const bool durable =
         sync_full_ && std::any_of(ops.begin(), ops.end(), [](auto& o) { return o->durable; });
     if (durable != current_sync_full_) {
-      writer_->exec(durable ? "PRAGMA synchronous = FULL" : "PRAGMA synchronous = NORMAL");
+      writer_->use(durable ? "PRAGMA synchronous = FULL" : "PRAGMA synchronous = NORMAL")->run();
       current_sync_full_ = durable;
     }
     try {
@@ -993,10 +993,11 @@ class sqlite_store final : public delivery_store {
   }
 
   void transaction(std::vector<std::shared_ptr<write_op>>& ops) {
-    writer_->exec("BEGIN IMMEDIATE");
+    // Prepared once, like every other statement: sqlite3_exec would parse them per batch.
+    writer_->use("BEGIN IMMEDIATE")->run();
     try {
       for (auto& op : ops) op->run();
-      writer_->exec("COMMIT");
+      writer_->use("COMMIT")->run();
     } catch (...) {
       sqlite3_exec(writer_->raw(), "ROLLBACK", nullptr, nullptr, nullptr);
       throw;
