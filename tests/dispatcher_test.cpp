@@ -110,6 +110,16 @@ TEST(dispatcher, classifies_outcomes_as_design_md_says) {
   EXPECT_EQ(status(204).k, kind::success);
   EXPECT_EQ(status(302).k, kind::permanent);
   EXPECT_NE(status(302).reason.find("302"), std::string::npos);
+  {
+    // The redirect's target is named, without what may be a credential.
+    detail::http_response r;
+    r.status = 301;
+    r.location = "https://user:pw@new.example.com/hooks/in?token=s3cret#x";
+    const auto o = classify(r, now);
+    EXPECT_EQ(o.reason,
+              "HTTP 301: redirect to https://new.example.com/hooks/in not followed (redirects are "
+              "failures)");
+  }
   for (int s : {408, 425, 429, 500, 502, 503, 599}) {
     EXPECT_EQ(status(s).k, kind::retry) << s;
     EXPECT_TRUE(status(s).unhealthy) << s;
@@ -366,6 +376,8 @@ TEST(dispatcher, redirect_is_not_followed) {
   EXPECT_EQ(server.request_count("/elsewhere"), 0u);
   EXPECT_NE(rec.dead_reason().find("302"), std::string::npos) << rec.dead_reason();
   EXPECT_NE(rec.dead_reason().find("not followed"), std::string::npos) << rec.dead_reason();
+  EXPECT_NE(rec.dead_reason().find("to " + server.url("/elsewhere")), std::string::npos)
+      << rec.dead_reason();
 }
 
 TEST(dispatcher, client_error_is_not_retried) {

@@ -30,20 +30,6 @@ constexpr milliseconds inbox_backlog{100};
 // completions and prepares requests (it may be waiting for a core).
 constexpr std::size_t submit_depth = 2;
 
-// The endpoint as it may appear in a log line: no user info, query or fragment (they may hold
-// credentials).
-std::string loggable_url(std::string_view url) {
-  auto scheme = url.find("://");
-  std::size_t start = scheme == std::string_view::npos ? 0 : scheme + 3;
-  auto cut = url.find_first_of("?#", start);
-  std::string out(url.substr(0, cut));
-  auto at = out.find('@', start);
-  auto slash = out.find('/', start);
-  if (at != std::string::npos && (slash == std::string::npos || at < slash))
-    out.erase(start, at - start + 1);
-  return out;
-}
-
 std::string iso(time_point t) {
   return format_iso8601(t);
 }

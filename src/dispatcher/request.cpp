@@ -23,6 +23,18 @@ bool sends_body(std::string_view method) {
 
 }  // namespace
 
+std::string loggable_url(std::string_view url) {
+  auto scheme = url.find("://");
+  std::size_t start = scheme == std::string_view::npos ? 0 : scheme + 3;
+  auto cut = url.find_first_of("?#", start);
+  std::string out(url.substr(0, cut));
+  auto at = out.find('@', start);
+  auto slash = out.find('/', start);
+  if (at != std::string::npos && (slash == std::string::npos || at < slash))
+    out.erase(start, at - start + 1);
+  return out;
+}
+
 http_request build_request(const message& m, const subscription& sub, std::int64_t timestamp,
                            const delivery_options& d, signer* keys) {
   http_request req;
@@ -90,7 +102,9 @@ outcome classify(const http_response& r, time_point now) {
   if (s >= 200 && s < 300) return o;
   if (s >= 300 && s < 400) {
     o.k = outcome::kind::permanent;
-    o.reason = code + ": redirect not followed (redirects are failures)";
+    o.reason = code + ": redirect" +
+               (r.location ? " to " + loggable_url(*r.location) : std::string()) +
+               " not followed (redirects are failures)";
     return o;
   }
   if (s == 408 || s == 425 || s == 429 || (s >= 500 && s < 600)) {

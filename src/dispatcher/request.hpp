@@ -4,6 +4,7 @@
 #include <cstdint>
 #include <optional>
 #include <string>
+#include <string_view>
 
 #include "hookline/hookline.hpp"
 #include "transport/transport.hpp"
@@ -33,7 +34,11 @@ struct outcome {
   std::optional<duration> retry_after;
 };
 
-/// DESIGN.md's outcome classification.
+/// DESIGN.md's outcome classification. A redirect's reason names its target (loggable_url).
 outcome classify(const http_response& r, time_point now);
+
+/// A URL as it may appear in a log line or a failure reason: no user info, query or fragment
+/// (they may hold credentials).
+std::string loggable_url(std::string_view url);
 
 }  // namespace hookline::detail

@@ -168,20 +168,31 @@ size_t on_body(char* data, size_t size, size_t n, void* user) {
   return bytes;
 }
 
+// A redirect target is kept for the failure reason only; a longer one is cut.
+constexpr std::size_t max_location = 512;
+
 size_t on_header(char* data, size_t size, size_t n, void* user) {
   auto* t = static_cast<transfer*>(user);
   auto bytes = size * n;
   std::string_view line(data, bytes);
-  if (line.substr(0, 5) == "HTTP/") {
-    t->resp.retry_after.reset();  // a new response head (after 1xx) replaces the last one
-  } else if (starts_with_header(line, "Retry-After")) {
-    auto value = line.substr(std::strlen("Retry-After:"));
+  // The value of header `name` on this line, without surrounding blanks.
+  const auto value_of = [&](std::string_view name) {
+    auto value = line.substr(name.size() + 1);
     while (!value.empty() && (value.front() == ' ' || value.front() == '\t'))
       value.remove_prefix(1);
     while (!value.empty() && std::isspace(static_cast<unsigned char>(value.back()))) {
       value.remove_suffix(1);
     }
-    t->resp.retry_after = std::string(value);
+    return value;
+  };
+  if (line.substr(0, 5) == "HTTP/") {
+    // A new response head (after 1xx) replaces the last one.
+    t->resp.retry_after.reset();
+    t->resp.location.reset();
+  } else if (starts_with_header(line, "Retry-After")) {
+    t->resp.retry_after = std::string(value_of("Retry-After"));
+  } else if (starts_with_header(line, "Location")) {
+    t->resp.location = std::string(value_of("Location").substr(0, max_location));
   }
   return bytes;
 }

@@ -54,6 +54,7 @@ struct http_response {
   std::size_t response_length = 0;
   std::size_t request_length = 0;
   std::optional<std::string> retry_after;  ///< raw Retry-After header value
+  std::optional<std::string> location;     ///< raw Location header value (a redirect's target)
   std::chrono::system_clock::time_point started_at{};
   std::chrono::microseconds duration{0};
 };
