@@ -685,7 +685,7 @@ void dispatcher::handle(http_response&& r, time_point now) {
   const auto& policy = ctx_.delivery.retry;
   switch (o.k) {
     case outcome::kind::success:
-      if (results_.capacity() == 0) results_.reserve(in_flight_ + 1);
+      if (results_.capacity() == 0) results_.reserve(32);  // a store may have moved it away
       results_.push_back({m.id, std::nullopt, std::move(rec)});
       m.status = message_status::delivered;
       m.last_error.clear();
@@ -735,7 +735,7 @@ void dispatcher::record_results(time_point now) {
   if (results_.empty() && delivered_.empty()) return;
   std::vector<message> delivered;
   delivered.swap(delivered_);
-  // The next turn's completions reuse this one's room (a store may move results_ away).
+  // The next turn's delivered messages reuse this list's room.
   struct give_back_room {
     std::vector<message>& from;
     std::vector<message>& to;

@@ -368,20 +368,10 @@ sqlite_location parse_location(const std::string& spec) {
   return loc;
 }
 
-// SQLite counts every allocation under one process-wide mutex unless told not to, before its
-// first use in the process. hookline tells it so when it is the first user (a host that needs
-// sqlite3_memory_used() or a soft heap limit calls sqlite3_initialize() before opening an
-// SQLite store, and its setting stays); after initialisation the call is refused and harmless.
-void skip_memory_statistics() {
-  static const int once = sqlite3_config(SQLITE_CONFIG_MEMSTATUS, 0);
-  (void)once;
-}
-
 class sqlite_store final : public delivery_store {
  public:
   sqlite_store(const std::string& spec, const store_options& options)
       : options_(options), log_(store_logger()) {
-    skip_memory_statistics();
     const sqlite_location loc = parse_location(spec);
     where_ = "sqlite store " + loc.path;
     sync_full_ = loc.sync_full;
@@ -391,12 +381,12 @@ class sqlite_store final : public delivery_store {
     take_lock(loc.path);
     writer_ = std::make_unique<connection>(loc.path, where_);
     configure(*writer_);
+    migrate();  // with the checks on: a migration that copies rows is checked
     // The schema's CHECK on messages.status is evaluated, for `IN (...)`, with a temporary
     // table built for every row written: a third of the writer's CPU per message. hookline
     // writes only the three literal statuses, so its writer skips the check (the constraint
     // stays in the schema for every other writer).
     writer_->exec("PRAGMA ignore_check_constraints = ON");
-    migrate();
     reader_ = std::make_unique<connection>(loc.path, where_);
     configure(*reader_);
     if (exclusive_at_open_) {
