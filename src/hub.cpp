@@ -36,7 +36,7 @@ class hub::impl {
     registry_ = std::make_unique<registry>(opts_.registry);
     for (const auto& s : store_->load_states())
       if (s.disabled) saved_disabled_[s.subscription_id] = s.reason;
-    pending_ = store_->counts(opts_.clock->now()).pending;
+    pending_ = store_->count_pending(opts_.clock->now());
 
     if (opts_.dispatch) {
       detail::dispatcher_context ctx;
@@ -131,7 +131,7 @@ class hub::impl {
 
   bool idle() {
     if (dispatcher_ && !stopped_ && dispatcher_->busy() != 0) return false;
-    return store_->counts(opts_.clock->now()).pending == 0;
+    return store_->count_pending(opts_.clock->now()) == 0;
   }
 
   bool wait_idle(duration timeout) {
@@ -280,7 +280,7 @@ class hub::impl {
       pending_ += n;
       return;
     }
-    pending_ = store_->counts(opts_.clock->now()).pending;
+    pending_ = store_->count_pending(opts_.clock->now());
     if (pending_ + n > cap && (n > cap || opts_.overflow == overflow_policy::reject)) {
       rejected_.fetch_add(1, std::memory_order_relaxed);
       throw queue_full_error("hookline: queue full (" + std::to_string(pending_) + " of " +
@@ -290,7 +290,7 @@ class hub::impl {
     while (pending_ + n > cap) {
       if (stopped_) throw error("hookline: publish after stop()");
       room_cv_.wait_for(lock, std::chrono::milliseconds(100));
-      if (pending_ + n > cap) pending_ = store_->counts(opts_.clock->now()).pending;
+      if (pending_ + n > cap) pending_ = store_->count_pending(opts_.clock->now());
     }
     pending_ += n;
   }

@@ -367,6 +367,13 @@ TEST_P(store_conformance, counts_report_each_status_and_live_leases) {
   EXPECT_EQ(c.dead, 1u);
   EXPECT_EQ(c.in_flight, 1u);
   EXPECT_EQ(store_->counts(t0_ + 1min).in_flight, 0u);  // the lease ran out
+  // The pending count alone agrees: leased and not yet due ones are pending, finished ones not.
+  EXPECT_EQ(store_->count_pending(t0_ + 1s), 2u);
+  store_->reschedule(claimed[2].id, t0_ + 1h, make_attempt(claimed[2], 1, 500, t0_, false));
+  EXPECT_EQ(store_->count_pending(t0_ + 1s), 2u);
+  store_->redeliver(claimed[0].id, t0_ + 2s);
+  EXPECT_EQ(store_->count_pending(t0_ + 2s), 3u);
+  EXPECT_EQ(store_->counts(t0_ + 2s).pending, 3u);
 }
 
 TEST_P(store_conformance, next_due_is_the_earliest_claimable_time) {

@@ -63,7 +63,7 @@ void start_session(session& s, const std::string& subscriptions_path, options op
 }
 
 std::uint64_t store_pending(hub& h) {
-  return h.store().counts(std::chrono::system_clock::now()).pending;
+  return h.store().count_pending(std::chrono::system_clock::now());
 }
 
 std::string rate(std::uint64_t n, double seconds) {

@@ -166,7 +166,11 @@ class delivery_store {
   virtual std::optional<message> get(const std::string& id) = 0;
   virtual std::vector<message> query(const message_query& q) = 0;
   virtual std::vector<attempt_record> attempts(const attempt_query& q) = 0;
+  /// Every count; the SQL stores count delivered and dead rows too, which grows with retention.
   virtual store_counts counts(time_point now) = 0;
+  /// counts().pending alone, at a cost that grows only with the pending messages (the hub asks
+  /// it for backpressure and wait_idle()). The default calls counts().
+  virtual std::size_t count_pending(time_point now) { return counts(now).pending; }
   virtual subscription_stats stats(const std::string& subscription_id) = 0;
   /// The earliest next_attempt_at among unleased pending messages (the dispatcher sleeps until
   /// then or until woken).

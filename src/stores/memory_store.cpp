@@ -330,6 +330,12 @@ class memory_store final : public delivery_store {
     return out;
   }
 
+  std::size_t count_pending(time_point now) override {
+    std::lock_guard lock(mutex_);
+    note_now(now);
+    return pending_;
+  }
+
   store_counts counts(time_point now) override {
     std::lock_guard lock(mutex_);
     note_now(now);

@@ -690,6 +690,14 @@ class sqlite_store final : public delivery_store {
     });
   }
 
+  std::size_t count_pending(time_point /*now*/) override {
+    return read([&] {
+      // Through the partial index of pending messages only.
+      auto s = reader_->use("SELECT count(*) FROM messages WHERE status = 'pending'");
+      return s->step() ? static_cast<std::size_t>(s->i64(0)) : std::size_t{0};
+    });
+  }
+
   store_counts counts(time_point now) override {
     return read([&] {
       store_counts c;
