@@ -258,7 +258,7 @@ class hub::impl {
         // Refused only when the dispatcher has stopped: nobody will send them, so they go back.
         for (const auto& m : dispatcher_->hand_off(std::move(handed), places, leased_at)) {
           try {
-            store_->release(m.id, leased_at);
+            store_->release_if_held(m.id, opts_.worker_id, leased_at);
           } catch (const std::exception& e) {
             opts_.logger->error("publish: giving back {}: {}", m.id, e.what());
           }

@@ -327,6 +327,9 @@ class counting_store final : public delivery_store {
     inner_->dead_letter(id, reason, a);
   }
   void release(const std::string& id, time_point next) override { inner_->release(id, next); }
+  void release_if_held(const std::string& id, const std::string& worker, time_point next) override {
+    inner_->release_if_held(id, worker, next);
+  }
   std::size_t release_worker(const std::string& w) override { return inner_->release_worker(w); }
   bool redeliver(const std::string& id, time_point now) override {
     return inner_->redeliver(id, now);

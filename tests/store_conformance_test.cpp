@@ -442,6 +442,23 @@ TEST_P(store_conformance, release_makes_a_message_due_at_the_given_time) {
   EXPECT_EQ(store_->claim(claim_at(t0_ + 3s)).size(), 1u);
 }
 
+// A worker whose lease ran out (and went to another worker) must not free the other's lease
+// when it lets go late: the other is sending, and a third would send it again.
+TEST_P(store_conformance, release_if_held_leaves_another_workers_lease_alone) {
+  put({make_message("a", "s1", t0_), make_message("b", "s1", t0_)});
+  ASSERT_EQ(store_->claim(claim_at(t0_, 2, "w1")).size(), 2u);
+  // w1's 30 s leases run out; w2 takes "a" and "b" over.
+  ASSERT_EQ(store_->claim(claim_at(t0_ + 31s, 2, "w2")).size(), 2u);
+  store_->release_if_held("a", "w1", t0_ + 31s);
+  EXPECT_TRUE(store_->claim(claim_at(t0_ + 32s, 10, "w3")).empty()) << "w2 still holds both";
+  EXPECT_EQ(store_->counts(t0_ + 32s).in_flight, 2u);
+  // The holder itself releases as release() does.
+  store_->release_if_held("b", "w2", t0_ + 33s);
+  const auto again = store_->claim(claim_at(t0_ + 33s, 10, "w3"));
+  ASSERT_EQ(again.size(), 1u);
+  EXPECT_EQ(again[0].id, "b");
+}
+
 TEST_P(store_conformance, release_worker_frees_only_that_workers_leases) {
   put({make_message("a", "s1", t0_), make_message("b", "s1", t0_), make_message("c", "s1", t0_)});
   ASSERT_EQ(store_->claim(claim_at(t0_, 2, "w1")).size(), 2u);

@@ -120,7 +120,7 @@ void dispatcher::wake() {
 }
 
 void dispatcher::give_back(const std::string& id, time_point at) {
-  ctx_.store->release(id, at);
+  ctx_.store->release_if_held(id, ctx_.worker_id, at);
   note_store_due(at);
 }
 
@@ -195,7 +195,7 @@ void dispatcher::stop(duration drain_timeout) {
   const auto now = ctx_.clock->now();
   for (const auto& h : late) {
     try {
-      ctx_.store->release(h.msg.id, now);
+      ctx_.store->release_if_held(h.msg.id, ctx_.worker_id, now);
     } catch (const std::exception& e) {
       ctx_.logger->error("dispatcher: giving back {}: {}", h.msg.id, e.what());
     }

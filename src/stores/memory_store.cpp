@@ -243,8 +243,20 @@ class memory_store final : public delivery_store {
 
   void release(const std::string& id, time_point next) override {
     std::lock_guard lock(mutex_);
+    release_locked(id, nullptr, next);
+  }
+
+  void release_if_held(const std::string& id, const std::string& worker_id,
+                       time_point next) override {
+    std::lock_guard lock(mutex_);
+    release_locked(id, &worker_id, next);
+  }
+
+  // With `worker`, only while it (or nobody) holds the lease.
+  void release_locked(const std::string& id, const std::string* worker, time_point next) {
     entry* e = find(id);
     if (e == nullptr) return;
+    if (worker != nullptr && e->leased && e->worker != nullptr && *e->worker != *worker) return;
     unlease(*e);
     if (e->status != message_status::pending) return;
     unindex(*e);

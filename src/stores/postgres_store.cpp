@@ -756,6 +756,17 @@ class postgres_store final : public delivery_store {
     });
   }
 
+  void release_if_held(const std::string& id, const std::string& worker_id,
+                       time_point next) override {
+    post("release", [this, id, worker_id, next] {
+      batch_send(
+          "UPDATE messages SET next_attempt_at = $2::bigint, lease_owner = NULL, "
+          "lease_until = NULL WHERE id = $1 AND status = 'pending' "
+          "AND (lease_owner IS NULL OR lease_owner = $3)",
+          params().add(id).add(to_ns(next)).add(worker_id));
+    });
+  }
+
   std::size_t release_worker(const std::string& worker_id) override {
     committer_->barrier();
     return run("release_worker", [&](connection& c) {
