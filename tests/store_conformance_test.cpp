@@ -457,6 +457,14 @@ TEST_P(store_conformance, release_if_held_leaves_another_workers_lease_alone) {
   const auto again = store_->claim(claim_at(t0_ + 33s, 10, "w3"));
   ASSERT_EQ(again.size(), 1u);
   EXPECT_EQ(again[0].id, "b");
+  // w2 tried "a" and set its retry an hour out; w1's give-back, later still, keeps that time.
+  const auto a = store_->get("a");
+  ASSERT_TRUE(a);
+  store_->reschedule("a", t0_ + 1h, make_attempt(*a, 1, 503, t0_ + 34s, false));
+  store_->release_if_held("a", "w1", t0_ + 35s);
+  EXPECT_TRUE(store_->claim(claim_at(t0_ + 36s, 10, "w4")).empty());
+  EXPECT_EQ(ids(store_->claim(claim_at(t0_ + 1h, 10, "w4"))),
+            (std::vector<std::string>{"b", "a"}));  // due order; w3's lease on "b" ran out
 }
 
 TEST_P(store_conformance, release_worker_frees_only_that_workers_leases) {

@@ -335,6 +335,10 @@ class gate_wrapper final : public delivery_store {
     inner_->dead_letter(id, reason, a);
   }
   void release(const std::string& id, time_point next) override { inner_->release(id, next); }
+  void release_if_held(const std::string& id, const std::string& worker_id,
+                       time_point next) override {
+    inner_->release_if_held(id, worker_id, next);
+  }
   std::size_t release_worker(const std::string& worker_id) override {
     return inner_->release_worker(worker_id);
   }
@@ -351,6 +355,7 @@ class gate_wrapper final : public delivery_store {
     return inner_->attempts(q);
   }
   store_counts counts(time_point now) override { return inner_->counts(now); }
+  std::size_t count_pending(time_point now) override { return inner_->count_pending(now); }
   subscription_stats stats(const std::string& subscription_id) override {
     return inner_->stats(subscription_id);
   }

@@ -174,6 +174,10 @@ class gated_store final : public hookline::delivery_store {
   void release(const std::string& id, hookline::time_point next) override {
     inner_->release(id, next);
   }
+  void release_if_held(const std::string& id, const std::string& worker,
+                       hookline::time_point next) override {
+    inner_->release_if_held(id, worker, next);
+  }
   std::size_t release_worker(const std::string& w) override { return inner_->release_worker(w); }
   bool redeliver(const std::string& id, hookline::time_point now) override {
     return inner_->redeliver(id, now);
@@ -190,6 +194,9 @@ class gated_store final : public hookline::delivery_store {
     return inner_->attempts(q);
   }
   hookline::store_counts counts(hookline::time_point now) override { return inner_->counts(now); }
+  std::size_t count_pending(hookline::time_point now) override {
+    return inner_->count_pending(now);
+  }
   hookline::subscription_stats stats(const std::string& sub) override { return inner_->stats(sub); }
   std::optional<hookline::time_point> next_due(hookline::time_point now) override {
     return inner_->next_due(now);

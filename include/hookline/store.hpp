@@ -156,9 +156,9 @@ class delivery_store {
                            const attempt_record* a) = 0;
   /// Releases a lease without an attempt (stop, or the endpoint is busy): due again at `next`.
   virtual void release(const std::string& id, time_point next) = 0;
-  /// Like release(), only while `worker_id` still holds the lease (or nobody does): a worker
-  /// whose lease ran out and went to another worker leaves the other's lease alone. The
-  /// dispatcher releases this way. The default calls release().
+  /// Like release(), only while `worker_id` still holds the lease: a worker whose lease ran out
+  /// and went to another worker leaves the other's lease, and the retry time the other set,
+  /// alone. The dispatcher releases this way. The default calls release().
   virtual void release_if_held(const std::string& id, const std::string& worker_id,
                                time_point next) {
     (void)worker_id;

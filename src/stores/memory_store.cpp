@@ -252,11 +252,11 @@ class memory_store final : public delivery_store {
     release_locked(id, &worker_id, next);
   }
 
-  // With `worker`, only while it (or nobody) holds the lease.
+  // With `worker`, only while it holds the lease.
   void release_locked(const std::string& id, const std::string* worker, time_point next) {
     entry* e = find(id);
     if (e == nullptr) return;
-    if (worker != nullptr && e->leased && e->worker != nullptr && *e->worker != *worker) return;
+    if (worker != nullptr && !(e->leased && e->worker != nullptr && *e->worker == *worker)) return;
     unlease(*e);
     if (e->status != message_status::pending) return;
     unindex(*e);

@@ -762,7 +762,7 @@ class postgres_store final : public delivery_store {
       batch_send(
           "UPDATE messages SET next_attempt_at = $2::bigint, lease_owner = NULL, "
           "lease_until = NULL WHERE id = $1 AND status = 'pending' "
-          "AND (lease_owner IS NULL OR lease_owner = $3)",
+          "AND lease_owner = $3",
           params().add(id).add(to_ns(next)).add(worker_id));
     });
   }
@@ -882,7 +882,8 @@ class postgres_store final : public delivery_store {
   std::size_t count_pending(time_point /*now*/) override {
     committer_->barrier();
     return run("count_pending", [&](connection& c) {
-      // An index range on messages_claim (status, next_attempt_at), not counts()'s table scan.
+      // An index range on status (messages_claim or messages_status_updated), not counts()'s
+      // table scan.
       auto r = c.exec_prepared("SELECT count(*) FROM messages WHERE status = 'pending'", params());
       return static_cast<std::size_t>(r.i64(0, 0));
     });

@@ -592,7 +592,7 @@ class sqlite_store final : public delivery_store {
     post("release", [this, id, worker_id, next] {
       auto s = writer_->use(
           "UPDATE messages SET next_attempt_at = ?2, lease_owner = NULL, lease_until = NULL "
-          "WHERE id = ?1 AND status = 'pending' AND (lease_owner IS NULL OR lease_owner = ?3)");
+          "WHERE id = ?1 AND status = 'pending' AND lease_owner = ?3");
       s->bind(1, id).bind(2, to_ns(next)).bind(3, worker_id);
       s->run();
     });
