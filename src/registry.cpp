@@ -17,6 +17,7 @@
 #include <unordered_set>
 
 #include "registry_util.hpp"
+#include "string_map.hpp"
 
 namespace hookline {
 
@@ -24,14 +25,7 @@ using nlohmann::json;
 
 namespace {
 
-struct string_hash {
-  using is_transparent = void;
-  std::size_t operator()(std::string_view s) const noexcept {
-    return std::hash<std::string_view>{}(s);
-  }
-};
-template <class V>
-using string_map = std::unordered_map<std::string, V, string_hash, std::equal_to<>>;
+using detail::string_map;
 
 /// A registered subscription with what the index needs precomputed.
 struct compiled : std::enable_shared_from_this<compiled> {

@@ -17,17 +17,11 @@
 #include "hookline/error.hpp"
 #include "hookline/store.hpp"
 #include "stores/factories.hpp"
+#include "string_map.hpp"
 
 namespace hookline::detail {
 
 namespace {
-
-struct string_hash {
-  using is_transparent = void;
-  std::size_t operator()(std::string_view s) const noexcept {
-    return std::hash<std::string_view>{}(s);
-  }
-};
 
 /// Interned strings with reference counts; the pointers stay valid while referenced.
 class string_pool {
@@ -45,7 +39,7 @@ class string_pool {
   }
 
  private:
-  std::unordered_map<std::string, std::size_t, string_hash, std::equal_to<>> refs_;
+  string_map<std::size_t> refs_;
 };
 
 const std::string empty_string;
@@ -584,7 +578,7 @@ class memory_store final : public delivery_store {
   std::set<time_key> leased_;  // by (lease end, sequence)
   std::unordered_map<const std::string*, std::set<std::int64_t>> ordered_;  // pending, ordered
   string_pool pool_;
-  std::unordered_map<std::string, subscription_stats, string_hash, std::equal_to<>> stats_;
+  string_map<subscription_stats> stats_;
   std::map<std::string, subscription_state> states_;
   std::deque<attempt_record> log_;
   std::int64_t last_seq_ = 0;

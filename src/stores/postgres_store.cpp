@@ -747,23 +747,25 @@ class postgres_store final : public delivery_store {
     });
   }
 
-  void release(const std::string& id, time_point next) override {
-    post("release", [this, id, next] {
-      batch_send(
-          "UPDATE messages SET next_attempt_at = $2::bigint, lease_owner = NULL, "
-          "lease_until = NULL WHERE id = $1 AND status = 'pending'",
-          params().add(id).add(to_ns(next)));
-    });
-  }
+  void release(const std::string& id, time_point next) override { post_release(id, next, {}); }
 
   void release_if_held(const std::string& id, const std::string& worker_id,
                        time_point next) override {
-    post("release", [this, id, worker_id, next] {
-      batch_send(
+    post_release(id, next, worker_id);
+  }
+
+  // Without `worker`, whoever holds the lease; with it, only that worker's.
+  void post_release(const std::string& id, time_point next, std::optional<std::string> worker) {
+    post("release", [this, id, next, worker = std::move(worker)] {
+      std::string sql =
           "UPDATE messages SET next_attempt_at = $2::bigint, lease_owner = NULL, "
-          "lease_until = NULL WHERE id = $1 AND status = 'pending' "
-          "AND lease_owner = $3",
-          params().add(id).add(to_ns(next)).add(worker_id));
+          "lease_until = NULL WHERE id = $1 AND status = 'pending'";
+      auto p = params().add(id).add(to_ns(next));
+      if (worker) {
+        sql += " AND lease_owner = $3";
+        p.add(*worker);
+      }
+      batch_send(sql, p);
     });
   }
 

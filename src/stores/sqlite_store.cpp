@@ -12,6 +12,7 @@
 #include <iterator>
 #include <map>
 #include <mutex>
+#include <optional>
 #include <string_view>
 #include <type_traits>
 #include <unordered_map>
@@ -19,6 +20,7 @@
 #include "hookline/error.hpp"
 #include "stores/factories.hpp"
 #include "stores/sql_common.hpp"
+#include "string_map.hpp"
 
 namespace hookline::detail {
 namespace {
@@ -278,14 +280,8 @@ class connection {
  private:
   sqlite3* db_ = nullptr;
   const std::string& where_;
-  struct sql_hash {
-    using is_transparent = void;
-    std::size_t operator()(std::string_view s) const noexcept {
-      return std::hash<std::string_view>{}(s);
-    }
-  };
   // Looked up by the SQL text without building a std::string per call.
-  std::unordered_map<std::string, std::unique_ptr<statement>, sql_hash, std::equal_to<>> cache_;
+  string_map<std::unique_ptr<statement>> cache_;
 };
 
 message read_message(statement& s) {
@@ -577,23 +573,23 @@ class sqlite_store final : public delivery_store {
     });
   }
 
-  void release(const std::string& id, time_point next) override {
-    post("release", [this, id, next] {
-      auto s = writer_->use(
-          "UPDATE messages SET next_attempt_at = ?2, lease_owner = NULL, lease_until = NULL "
-          "WHERE id = ?1 AND status = 'pending'");
-      s->bind(1, id).bind(2, to_ns(next));
-      s->run();
-    });
-  }
+  void release(const std::string& id, time_point next) override { post_release(id, next, {}); }
 
   void release_if_held(const std::string& id, const std::string& worker_id,
                        time_point next) override {
-    post("release", [this, id, worker_id, next] {
+    post_release(id, next, worker_id);
+  }
+
+  // Without `worker`, whoever holds the lease; with it, only that worker's.
+  void post_release(const std::string& id, time_point next, std::optional<std::string> worker) {
+    post("release", [this, id, next, worker = std::move(worker)] {
       auto s = writer_->use(
-          "UPDATE messages SET next_attempt_at = ?2, lease_owner = NULL, lease_until = NULL "
-          "WHERE id = ?1 AND status = 'pending' AND lease_owner = ?3");
-      s->bind(1, id).bind(2, to_ns(next)).bind(3, worker_id);
+          worker ? "UPDATE messages SET next_attempt_at = ?2, lease_owner = NULL, "
+                   "lease_until = NULL WHERE id = ?1 AND status = 'pending' AND lease_owner = ?3"
+                 : "UPDATE messages SET next_attempt_at = ?2, lease_owner = NULL, "
+                   "lease_until = NULL WHERE id = ?1 AND status = 'pending'");
+      s->bind(1, id).bind(2, to_ns(next));
+      if (worker) s->bind(3, *worker);
       s->run();
     });
   }
