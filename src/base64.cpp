@@ -26,34 +26,32 @@ constexpr auto decode_table = make_decode_table();
 
 std::string base64_encode(std::string_view bytes) {
   std::string out;
-  out.reserve((bytes.size() + 2) / 3 * 4);
+  base64_append(out, bytes);
+  return out;
+}
+
+void base64_append(std::string& out, std::string_view bytes) {
+  const auto byte = [&](std::size_t i) {
+    return static_cast<std::uint32_t>(static_cast<unsigned char>(bytes[i]));
+  };
+  const std::size_t at = out.size();
+  out.resize(at + (bytes.size() + 2) / 3 * 4);
+  char* p = out.data() + at;
   std::size_t i = 0;
   for (; i + 3 <= bytes.size(); i += 3) {
-    const std::uint32_t n = static_cast<std::uint32_t>(static_cast<unsigned char>(bytes[i])) << 16 |
-                            static_cast<std::uint32_t>(static_cast<unsigned char>(bytes[i + 1]))
-                                << 8 |
-                            static_cast<std::uint32_t>(static_cast<unsigned char>(bytes[i + 2]));
-    out += alphabet[(n >> 18) & 63];
-    out += alphabet[(n >> 12) & 63];
-    out += alphabet[(n >> 6) & 63];
-    out += alphabet[n & 63];
+    const std::uint32_t n = byte(i) << 16 | byte(i + 1) << 8 | byte(i + 2);
+    *p++ = alphabet[(n >> 18) & 63];
+    *p++ = alphabet[(n >> 12) & 63];
+    *p++ = alphabet[(n >> 6) & 63];
+    *p++ = alphabet[n & 63];
   }
   const std::size_t rest = bytes.size() - i;
-  if (rest == 1) {
-    const std::uint32_t n = static_cast<std::uint32_t>(static_cast<unsigned char>(bytes[i])) << 16;
-    out += alphabet[(n >> 18) & 63];
-    out += alphabet[(n >> 12) & 63];
-    out += "==";
-  } else if (rest == 2) {
-    const std::uint32_t n = static_cast<std::uint32_t>(static_cast<unsigned char>(bytes[i])) << 16 |
-                            static_cast<std::uint32_t>(static_cast<unsigned char>(bytes[i + 1]))
-                                << 8;
-    out += alphabet[(n >> 18) & 63];
-    out += alphabet[(n >> 12) & 63];
-    out += alphabet[(n >> 6) & 63];
-    out += '=';
-  }
-  return out;
+  if (rest == 0) return;
+  const std::uint32_t n = byte(i) << 16 | (rest == 2 ? byte(i + 1) << 8 : 0);
+  *p++ = alphabet[(n >> 18) & 63];
+  *p++ = alphabet[(n >> 12) & 63];
+  *p++ = rest == 2 ? alphabet[(n >> 6) & 63] : '=';
+  *p = '=';
 }
 
 std::optional<std::string> base64_decode(std::string_view text) {

@@ -9,6 +9,8 @@
 namespace hookline::detail {
 
 std::string base64_encode(std::string_view bytes);
+/// Appends the encoding of `bytes` to `out`.
+void base64_append(std::string& out, std::string_view bytes);
 
 /// Decodes standard base64 with padding. Strict: the length must be a multiple of 4, only the
 /// standard alphabet, '=' only as trailing padding, and unused trailing bits must be zero, so

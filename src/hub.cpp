@@ -47,6 +47,10 @@ class hub::impl {
       ctx.hooks = opts_.hooks;
       ctx.delivery = opts_.delivery;
       ctx.worker_id = opts_.worker_id;
+      if (opts_.delivery.user_agent.find_first_of(std::string_view("\r\n\0", 3)) !=
+          std::string::npos) {
+        throw error("delivery.user_agent: must not contain CR, LF or NUL (header injection)");
+      }
       ctx.user_agent = opts_.delivery.user_agent.empty() ? "hookline/" + std::string(version())
                                                          : opts_.delivery.user_agent;
       ctx.counters = &counters_;

@@ -23,6 +23,9 @@ class signer {
 
   /// The `webhook-signature` value, the same as hookline::signature_header(secrets, ...).
   std::string header(std::string_view msg_id, std::int64_t timestamp, std::string_view body);
+  /// Appends the same value to `out` (which may already hold other text).
+  void append_header(std::string& out, std::string_view msg_id, std::int64_t timestamp,
+                     std::string_view body);
 
  private:
   struct keyed;

@@ -149,14 +149,21 @@ signer::signer(const std::vector<std::string>& secrets) {
 signer::~signer() = default;
 
 std::string signer::header(std::string_view msg_id, std::int64_t timestamp, std::string_view body) {
+  std::string out;
+  append_header(out, msg_id, timestamp, body);
+  return out;
+}
+
+void signer::append_header(std::string& out, std::string_view msg_id, std::int64_t timestamp,
+                           std::string_view body) {
   char ts[24];
   const auto [end, ec] = std::to_chars(std::begin(ts), std::end(ts), timestamp);
   const std::string_view ts_text(ts, static_cast<std::size_t>(end - ts));
   const auto feed = [](EVP_MAC_CTX* c, std::string_view part) {
     return EVP_MAC_update(c, reinterpret_cast<const unsigned char*>(part.data()), part.size());
   };
-  std::string out;
-  out.reserve(keys_.size() * 48);
+  const std::size_t start = out.size();
+  out.reserve(start + keys_.size() * 48);
   for (const auto& k : keys_) {
     mac m{};
     std::size_t len = 0;
@@ -166,11 +173,10 @@ std::string signer::header(std::string_view msg_id, std::int64_t timestamp, std:
         len != mac_bytes) {
       throw error("signing: HMAC-SHA256 failed in OpenSSL");
     }
-    if (!out.empty()) out += ' ';
+    if (out.size() > start) out += ' ';
     out += "v1,";
-    out += base64_encode(std::string_view(reinterpret_cast<const char*>(m.data()), m.size()));
+    base64_append(out, std::string_view(reinterpret_cast<const char*>(m.data()), m.size()));
   }
-  return out;
 }
 
 }  // namespace detail

@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <chrono>
 #include <mutex>
+#include <set>
 #include <thread>
 
 #include "dispatcher/circuit_breaker.hpp"
@@ -741,6 +742,71 @@ TEST(dispatcher, subscription_headers_arrive_after_the_standard_ones) {
   EXPECT_EQ(reqs[0].header("X-Api-Key"), "k-123");
   EXPECT_EQ(reqs[0].header("Authorization"), "Bearer t");
   EXPECT_FALSE(reqs[0].header("webhook-signature"));  // no secret, no signature
+}
+
+// Requests are built in buffers the transport handed back: alternating subscriptions with
+// different methods, secrets, headers and bodies must each get exactly their own request.
+TEST(dispatcher, reused_requests_carry_nothing_from_the_last_one) {
+  test_server server;
+  auto o = fast_options();
+  o.delivery.max_in_flight = 1;  // one request at a time: every request reuses the last one
+  hub h(o);
+  auto rich = make_sub("rich", server.url("/rich?k=v"));
+  rich.secrets = {generate_secret(), generate_secret()};
+  rich.headers = {{"X-One", "1"}, {"X-Two", std::string(200, 't')}, {"Content-Type", "text/x"}};
+  auto plain = make_sub("plain", server.url("/plain"));
+  auto get = make_sub("get", server.url("/get"));
+  get.http_method = "GET";
+  get.secrets = {generate_secret()};
+  for (const auto& s : {rich, plain, get}) h.subscriptions().add(s);
+  constexpr int rounds = 5;
+  for (int i = 0; i < rounds; ++i) {
+    h.publish(make_event("file-" + std::to_string(i) + std::string(i * 50, 'x') + ".txt"));
+  }
+  ASSERT_TRUE(h.wait_idle(10s));
+  const auto check_signature = [](const subscription& s, const auto& r, const std::string& body) {
+    ASSERT_TRUE(r.header("webhook-id") && r.header("webhook-timestamp") &&
+                r.header("webhook-signature"));
+    EXPECT_TRUE(verify(s.secrets, *r.header("webhook-id"), *r.header("webhook-timestamp"), body,
+                       *r.header("webhook-signature")));
+  };
+  const auto rich_reqs = server.requests("/rich");
+  ASSERT_EQ(rich_reqs.size(), std::size_t{rounds});
+  for (const auto& r : rich_reqs) {
+    EXPECT_EQ(r.method, "POST");
+    EXPECT_EQ(r.query, "k=v");
+    EXPECT_EQ(r.header("X-One"), "1");
+    EXPECT_EQ(r.header("X-Two"), std::string(200, 't'));
+    EXPECT_EQ(r.header("Content-Type"), "text/x");
+    EXPECT_EQ(nlohmann::json::parse(r.body)["subscriptionId"], "rich");
+    check_signature(rich, r, r.body);
+    const auto signatures = r.header("webhook-signature").value_or("");
+    EXPECT_EQ(std::count(signatures.begin(), signatures.end(), ','), 2);
+  }
+  const auto plain_reqs = server.requests("/plain");
+  ASSERT_EQ(plain_reqs.size(), std::size_t{rounds});
+  std::set<std::string> names;
+  for (const auto& r : plain_reqs) {
+    EXPECT_EQ(r.method, "POST");
+    EXPECT_TRUE(r.query.empty());
+    EXPECT_FALSE(r.has_header("X-One") || r.has_header("X-Two"));
+    EXPECT_FALSE(r.has_header("webhook-signature"));
+    EXPECT_EQ(r.header("Content-Type"), "application/json");
+    const auto body = nlohmann::json::parse(r.body);
+    EXPECT_EQ(body["subscriptionId"], "plain");
+    names.insert(body.dump());
+  }
+  EXPECT_EQ(names.size(), std::size_t{rounds});  // each message its own body
+  const auto get_reqs = server.requests("/get");
+  ASSERT_EQ(get_reqs.size(), std::size_t{rounds});
+  for (const auto& r : get_reqs) {
+    EXPECT_EQ(r.method, "GET");
+    EXPECT_TRUE(r.body.empty());
+    EXPECT_FALSE(r.has_header("X-One") || r.has_header("X-Two"));
+    check_signature(get, r, "");
+    const auto signatures = r.header("webhook-signature").value_or("");
+    EXPECT_EQ(std::count(signatures.begin(), signatures.end(), ','), 1);
+  }
 }
 
 TEST(dispatcher, statistics_count_per_subscription) {

@@ -279,6 +279,19 @@ TEST(hub, an_unknown_store_uri_is_an_error) {
   EXPECT_THROW(hub{o}, error);
 }
 
+TEST(hub, a_user_agent_that_could_inject_a_header_is_an_error_naming_the_field) {
+  auto o = test::fast_options(3);
+  o.delivery.user_agent = "mine/1\r\nX-Injected: yes";
+  try {
+    hub h(o);
+    ADD_FAILURE() << "accepted a user agent with CR LF";
+  } catch (const error& e) {
+    EXPECT_NE(std::string(e.what()).find("delivery.user_agent"), std::string::npos) << e.what();
+  }
+  o.delivery.user_agent = "mine/1";
+  EXPECT_NO_THROW(hub{o});
+}
+
 TEST(hub, wait_idle_is_true_at_once_without_work) {
   hub h(fast_options());
   const auto t0 = steady::now();

@@ -9,6 +9,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <chrono>
 #include <condition_variable>
 #include <cstdio>
@@ -218,6 +219,71 @@ TEST(transport, post_delivers_body_and_headers) {
   EXPECT_GE(r.request_length, got.body.size() + 60);
   EXPECT_GT(r.duration.count(), 0);
   EXPECT_EQ(t.in_flight(), 0u);
+}
+
+// The request comes back with its response, with the buffers it was sent from, so the caller
+// can reuse them; the transport holds no pointer into it afterwards.
+TEST(transport, response_hands_the_request_back) {
+  test_server server;
+  collector c;
+  transport t(local_options(), c.callback(), nullptr);
+  auto req = make_request(7, server.url("/back"), "POST", std::string(300, 'b'));
+  req.headers = {"webhook-id: msg_back", "X-Long: " + std::string(100, 'v')};
+  t.submit(req);
+  auto r = c.get(7);
+  EXPECT_EQ(r.status, 200);
+  EXPECT_EQ(r.request.url, req.url);
+  EXPECT_EQ(r.request.body, req.body);
+  EXPECT_EQ(r.request.headers, req.headers);
+  // Reused for the next request with fewer lines and a shorter body: nothing carries over.
+  auto again = std::move(r.request);
+  again.token = 8;
+  again.body = "short";
+  again.headers.resize(1);
+  t.submit(std::move(again));
+  EXPECT_EQ(c.get(8).status, 200);
+  const auto all = server.requests();
+  ASSERT_EQ(all.size(), 2u);
+  EXPECT_EQ(all[0].header("X-Long"), std::string(100, 'v'));
+  EXPECT_EQ(all[1].body, "short");
+  EXPECT_EQ(all[1].header("webhook-id"), "msg_back");
+  EXPECT_FALSE(all[1].has_header("X-Long"));
+}
+
+// hookline's User-Agent goes as a header line; the request's own User-Agent replaces it (sent
+// once), and a user agent that could inject a header is refused when the transport is made.
+TEST(transport, user_agent_is_set_once_and_can_be_overridden) {
+  test_server server;
+  collector c;
+  auto opts = local_options();
+  opts.user_agent = "tester/1.0";
+  transport t(opts, c.callback(), nullptr);
+  t.submit(make_request(1, server.url("/ua")));
+  EXPECT_EQ(c.get(1).status, 200);
+  auto own = make_request(2, server.url("/ua"));
+  own.headers = {"User-Agent: mine/2"};
+  t.submit(std::move(own));
+  EXPECT_EQ(c.get(2).status, 200);
+  const auto all = server.requests();
+  ASSERT_EQ(all.size(), 2u);
+  const auto count_ua = [](const hookline::test::recorded_request& r) {
+    return std::count_if(r.headers.begin(), r.headers.end(), [](const auto& h) {
+      return h.first == "User-Agent" || h.first == "user-agent";
+    });
+  };
+  EXPECT_EQ(all[0].header("User-Agent"), "tester/1.0");
+  EXPECT_EQ(count_ua(all[0]), 1);
+  EXPECT_EQ(all[1].header("User-Agent"), "mine/2");
+  EXPECT_EQ(count_ua(all[1]), 1);
+
+  auto bad = local_options();
+  bad.user_agent = "x\r\nX-Injected: 1";
+  try {
+    transport broken(bad, c.callback(), nullptr);
+    ADD_FAILURE() << "a user agent with CR LF was accepted";
+  } catch (const hookline::error& e) {
+    EXPECT_NE(std::string(e.what()).find("user_agent"), std::string::npos) << e.what();
+  }
 }
 
 TEST(transport, get_sends_headers_but_no_body) {

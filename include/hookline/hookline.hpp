@@ -44,10 +44,10 @@ class queue_full_error : public error {
 
 struct circuit_breaker_options {
   bool enabled = true;
-  std::size_t failure_streak = 10;  ///< consecutive failures that open the breaker
-  double failure_rate = 0.7;        ///< or this failure rate ...
-  std::size_t min_requests = 10;    ///< ... over at least this many requests ...
-  duration window = std::chrono::minutes(5);  ///< ... in this window
+  std::size_t failure_streak = 10;                ///< consecutive failures that open the breaker
+  double failure_rate = 0.7;                      ///< or this failure rate ...
+  std::size_t min_requests = 10;                  ///< ... over at least this many requests ...
+  duration window = std::chrono::minutes(5);      ///< ... in this window
   duration cool_down = std::chrono::seconds(30);  ///< then one probe is let through
 };
 
@@ -55,8 +55,8 @@ struct delivery_options {
   retry_policy retry;
   duration connect_timeout = std::chrono::seconds(5);
   duration request_timeout = std::chrono::seconds(15);
-  std::size_t max_in_flight = 512;          ///< requests in flight in total
-  std::size_t endpoint_concurrency = 16;    ///< requests in flight per endpoint (URL)
+  std::size_t max_in_flight = 512;        ///< requests in flight in total
+  std::size_t endpoint_concurrency = 16;  ///< requests in flight per endpoint (URL)
   circuit_breaker_options breaker;
   /// Disable a subscription that has failed continuously for this long (0 = never).
   duration auto_disable_after = std::chrono::hours(24 * 5);
@@ -64,10 +64,10 @@ struct delivery_options {
   bool allow_private_networks = false;
   std::vector<std::string> allowed_cidrs;  ///< always permitted, e.g. "10.1.0.0/16"
   bool verify_tls = true;
-  std::string ca_file;  ///< extra CA bundle (PEM), optional
-  std::string proxy;    ///< e.g. "http://proxy:3128", optional
+  std::string ca_file;                     ///< extra CA bundle (PEM), optional
+  std::string proxy;                       ///< e.g. "http://proxy:3128", optional
   std::size_t max_response_bytes = 20000;  ///< kept in the attempt log
-  std::string user_agent;                   ///< default "hookline/<version>"
+  std::string user_agent;  ///< default "hookline/<version>"; CR, LF or NUL is an error
 };
 
 struct hooks {

@@ -514,8 +514,12 @@ bool dispatcher::try_send(const std::string& key, endpoint& ep, waiting& w, time
   if (!ep.bucket.try_take(now)) return false;
   const auto ts = std::chrono::duration_cast<std::chrono::seconds>(now.time_since_epoch()).count();
   http_request req;
+  if (!spare_requests_.empty()) {
+    req = std::move(spare_requests_.back());
+    spare_requests_.pop_back();
+  }
   try {
-    req = build_request(w.msg, *w.sub, ts, d, keys_for(w.sub));
+    build_request(req, w.msg, *w.sub, ts, d, keys_for(w.sub));
   } catch (const std::exception& e) {
     dead(w.msg, std::string("cannot build the request: ") + e.what(), nullptr);
     if (w.msg.ordered) finish_ordered(w.msg.subscription_id, now);
@@ -537,6 +541,15 @@ bool dispatcher::try_send(const std::string& key, endpoint& ep, waiting& w, time
   flights_.emplace(req.token, std::move(f));
   outbox_.push_back(std::move(req));
   return true;
+}
+
+void dispatcher::keep_for_reuse(http_request&& req) {
+  // As many as can be in flight at once, and none holding a large body: the pool saves
+  // allocations, it must not hold on to memory.
+  if (spare_requests_.size() >= std::min(flight_cap_, max_spare_requests) ||
+      req.body.capacity() > max_spare_body || req.url.empty())
+    return;
+  spare_requests_.push_back(std::move(req));
 }
 
 signer* dispatcher::keys_for(const std::shared_ptr<const subscription>& sub) {
@@ -623,6 +636,7 @@ void dispatcher::finish_ordered(const std::string& subscription_id, time_point n
 }
 
 void dispatcher::handle(http_response&& r, time_point now) {
+  keep_for_reuse(std::move(r.request));
   auto it = flights_.find(r.token);
   if (it == flights_.end()) return;
   flight f = std::move(it->second);

@@ -129,6 +129,8 @@ class dispatcher {
   void note_success(const std::string& subscription_id);
   void disable(const std::string& subscription_id, const std::string& reason);
   void sweep(time_point now);
+  /// Keeps a request the transport handed back, so that the next one reuses its buffers.
+  void keep_for_reuse(http_request&& req);
   /// sub's secrets keyed once (cached by subscription id), or null when it has none.
   signer* keys_for(const std::shared_ptr<const subscription>& sub);
   void drain_local(time_point now);
@@ -182,8 +184,11 @@ class dispatcher {
 
   // Dispatcher thread only.
   std::unordered_map<std::uint64_t, flight> flights_;
-  std::deque<handed_message> inbox_;     // handed over by publishers, routed as room allows
-  std::vector<http_request> outbox_;     // started this turn, submitted at its end
+  std::deque<handed_message> inbox_;          // handed over by publishers, routed as room allows
+  std::vector<http_request> outbox_;          // started this turn, submitted at its end
+  std::vector<http_request> spare_requests_;  // handed back by the transport, for reuse
+  static constexpr std::size_t max_spare_requests = 4096;
+  static constexpr std::size_t max_spare_body = 64 * 1024;
   std::vector<attempt_result> results_;  // of this turn's completions, recorded at once
   std::vector<message> delivered_;       // their delivered messages, announced once recorded
   struct keyed_subscription {

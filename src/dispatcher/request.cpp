@@ -2,6 +2,8 @@
 
 #include <algorithm>
 #include <cctype>
+#include <charconv>
+#include <iterator>
 #include <string_view>
 
 #include "signer.hpp"
@@ -35,33 +37,52 @@ std::string loggable_url(std::string_view url) {
   return out;
 }
 
-http_request build_request(const message& m, const subscription& sub, std::int64_t timestamp,
-                           const delivery_options& d, signer* keys) {
-  http_request req;
-  req.url = sub.url;
-  req.method = sub.http_method.empty() ? "POST" : sub.http_method;
+void build_request(http_request& req, const message& m, const subscription& sub,
+                   std::int64_t timestamp, const delivery_options& d, signer* keys) {
+  // Every field is assigned, never rebuilt: a request handed back by the transport keeps the
+  // capacity of its strings, so a steady stream of deliveries allocates nothing here.
+  req.url.assign(sub.url);
+  req.method.assign(sub.http_method.empty() ? std::string_view("POST") : sub.http_method);
   const bool with_body = sends_body(req.method);
-  if (with_body) req.body = m.body;
+  if (with_body) {
+    req.body.assign(m.body);
+  } else {
+    req.body.clear();
+  }
   const bool own_content_type =
       std::any_of(sub.headers.begin(), sub.headers.end(),
                   [](const auto& h) { return iequals(h.first, "Content-Type"); });
-  req.headers.reserve(4 + sub.headers.size());
-  if (!own_content_type) req.headers.emplace_back("Content-Type: application/json");
-  req.headers.push_back("webhook-id: " + m.id);
-  req.headers.push_back("webhook-timestamp: " + std::to_string(timestamp));
+  std::size_t used = 0;
+  const auto line = [&](std::string_view name) -> std::string& {
+    if (used == req.headers.size()) req.headers.emplace_back();
+    auto& h = req.headers[used++];
+    h.assign(name);
+    h += ": ";
+    return h;
+  };
+  if (!own_content_type) line("Content-Type") += "application/json";
+  line("webhook-id") += m.id;
+  {
+    char digits[24];
+    const auto [end, ec] = std::to_chars(std::begin(digits), std::end(digits), timestamp);
+    line("webhook-timestamp").append(digits, end);
+  }
   if (!sub.secrets.empty()) {
     // The signature covers the bytes actually sent: a GET signs an empty body.
     const std::string_view signed_body = with_body ? std::string_view(m.body) : std::string_view{};
-    req.headers.push_back("webhook-signature: " +
-                          (keys ? keys->header(m.id, timestamp, signed_body)
-                                : signature_header(sub.secrets, m.id, timestamp, signed_body)));
+    auto& h = line("webhook-signature");
+    if (keys) {
+      keys->append_header(h, m.id, timestamp, signed_body);
+    } else {
+      h += signature_header(sub.secrets, m.id, timestamp, signed_body);
+    }
   }
-  for (const auto& [name, value] : sub.headers) req.headers.push_back(name + ": " + value);
+  for (const auto& [name, value] : sub.headers) line(name) += value;
+  req.headers.resize(used);
   req.connect_timeout = d.connect_timeout;
   req.timeout = d.request_timeout;
-  req.client_cert = sub.client_cert;
-  req.client_key = sub.client_key;
-  return req;
+  req.client_cert.assign(sub.client_cert);
+  req.client_key.assign(sub.client_key);
 }
 
 outcome classify(const http_response& r, time_point now) {

@@ -13,11 +13,12 @@ namespace hookline::detail {
 
 class signer;
 
-/// The HTTP request for one attempt of `m` to `sub`, signed with `timestamp` (unix seconds) by
-/// `keys` (sub's secrets, keyed once; when null they are decoded for this request alone).
-/// Throws hookline::error when a secret is malformed (the text never holds the secret).
-http_request build_request(const message& m, const subscription& sub, std::int64_t timestamp,
-                           const delivery_options& d, signer* keys = nullptr);
+/// Makes `req` the HTTP request for one attempt of `m` to `sub`, signed with `timestamp` (unix
+/// seconds) by `keys` (sub's secrets, keyed once; when null they are decoded for this request
+/// alone). `req` may be a used request: its buffers are reused, every field but token and group
+/// is set. Throws hookline::error when a secret is malformed (the text never holds the secret).
+void build_request(http_request& req, const message& m, const subscription& sub,
+                   std::int64_t timestamp, const delivery_options& d, signer* keys = nullptr);
 
 struct outcome {
   enum class kind {

@@ -70,12 +70,9 @@ bool is_token(std::string_view s) {
 // "Name: value" with a name and no CR, LF or NUL anywhere (header injection).
 bool valid_header_line(const std::string& line) {
   if (line.empty() || line.front() == ':') return false;
-  bool colon = false;
-  for (char c : line) {
-    if (c == '\r' || c == '\n' || c == '\0') return false;
-    colon = colon || c == ':';
-  }
-  return colon;
+  // strcspn stops at a NUL as well, so one pass finds CR, LF and NUL.
+  if (std::strcspn(line.c_str(), "\r\n") != line.size()) return false;
+  return std::memchr(line.data(), ':', line.size()) != nullptr;
 }
 
 bool valid_header_lines(const std::vector<std::string>& headers) {
@@ -234,6 +231,10 @@ class transport::impl {
       throw hookline::error("ca_file: cannot read \"" + options_.ca_file + "\"");
     }
     if (options_.user_agent.empty()) options_.user_agent = "hookline/" HOOKLINE_VERSION;
+    if (options_.user_agent.find_first_of(std::string_view("\r\n\0", 3)) != std::string::npos) {
+      throw hookline::error("user_agent: must not contain CR, LF or NUL");
+    }
+    user_agent_line_ = "User-Agent: " + options_.user_agent;
     global_init();
     try {
       std::size_t count = options_.engine == loop_engine::epoll ? epoll_shards : 1;
@@ -537,18 +538,23 @@ class transport::impl {
     t->permitted = false;
     t->error[0] = '\0';
 
-    std::string endpoint;
-    if (t->req.url == last_url_ && !last_endpoint_.empty() && is_token(t->req.method) &&
+    shard* home = nullptr;
+    if (last_home_ != nullptr && t->req.url == last_url_ && is_token(t->req.method) &&
         valid_header_lines(t->req.headers)) {
       // Same URL as the last request that passed: parsing it again would only repeat the answer.
-      endpoint = last_endpoint_;
-    } else if (auto problem = precheck(*t, endpoint)) {
-      finish_early(std::move(t), problem->first, std::move(problem->second));
-      return;
-    } else if (options_.proxy.empty() || guard_.allows_everything()) {
-      // Cacheable only when the verdict depends on the URL alone (no IP-literal check).
-      last_url_ = t->req.url;
-      last_endpoint_ = endpoint;
+      home = last_home_;
+    } else {
+      std::string endpoint;
+      if (auto problem = precheck(*t, endpoint)) {
+        finish_early(std::move(t), problem->first, std::move(problem->second));
+        return;
+      }
+      home = shards_[std::hash<std::string>{}(endpoint) % shards_.size()].get();
+      if (options_.proxy.empty() || guard_.allows_everything()) {
+        // Cacheable only when the verdict depends on the URL alone (no IP-literal check).
+        last_url_ = t->req.url;
+        last_home_ = home;
+      }
     }
     if (!t->easy) {
       t->easy = curl_easy_init();
@@ -563,7 +569,7 @@ class transport::impl {
       finish_early(std::move(t), error_kind::invalid, "transport: unusable request options");
       return;
     }
-    t->home = shards_[std::hash<std::string>{}(endpoint) % shards_.size()].get();
+    t->home = home;
     if (curl_multi_add_handle(t->home->multi, t->easy) != CURLM_OK) {
       finish_early(std::move(t), error_kind::network, "transport: curl_multi_add_handle failed");
       return;
@@ -661,7 +667,11 @@ class transport::impl {
         set(CURLOPT_SSLKEY, req.client_key.c_str());
         set(CURLOPT_SSLKEYTYPE, "PEM");
       }
-      set(CURLOPT_USERAGENT, options_.user_agent.c_str());
+      // The request carries User-Agent as one of its header lines (below), which libcurl copies
+      // once; CURLOPT_USERAGENT would be formatted twice per request. A proxy's CONNECT does not
+      // see the header list, so through a proxy the option is set as well (the line overrides
+      // it on the request itself).
+      if (!options_.proxy.empty()) set(CURLOPT_USERAGENT, options_.user_agent.c_str());
       set(CURLOPT_ERRORBUFFER, t.error);
       set(CURLOPT_WRITEFUNCTION, on_body);
       set(CURLOPT_WRITEDATA, static_cast<void*>(&t));
@@ -703,12 +713,15 @@ class transport::impl {
     auto& nodes = t.header_nodes;
     nodes.clear();
     bool has_content_type = false;
+    bool has_user_agent = false;
     for (const auto& hdr : req.headers) {
       if (starts_with_header(hdr, "Content-Type")) has_content_type = true;
+      if (starts_with_header(hdr, "User-Agent")) has_user_agent = true;
       nodes.push_back(curl_slist{const_cast<char*>(hdr.c_str()), nullptr});
     }
     nodes.push_back(curl_slist{no_expect, nullptr});
     if (with_body && !has_content_type) nodes.push_back(curl_slist{no_content_type, nullptr});
+    if (!has_user_agent) nodes.push_back(curl_slist{user_agent_line_.data(), nullptr});
     for (std::size_t i = 0; i + 1 < nodes.size(); ++i) nodes[i].next = &nodes[i + 1];
     set(CURLOPT_HTTPHEADER, nodes.data());
     if (!ok) t.configured = false;
@@ -757,6 +770,7 @@ class transport::impl {
   // out with the next flush(), and the transfer goes back to the pool.
   void retire(std::unique_ptr<transfer> t) {
     leave_group(t->req);
+    t->resp.request = std::move(t->req);  // its buffers go back to the caller for reuse
     done_.push_back(std::move(t->resp));
     recycle(std::move(t));
   }
@@ -870,6 +884,7 @@ class transport::impl {
   static constexpr std::size_t max_free_transfers = 256;
 
   transport_options options_;
+  std::string user_agent_line_;  // "User-Agent: ...", pointed to by every header list
   address_guard guard_;
   batch_completion on_complete_;
   std::shared_ptr<spdlog::logger> logger_;
@@ -899,9 +914,10 @@ class transport::impl {
     std::deque<http_request> blocked;  // over the group's limit
   };
   std::unordered_map<std::uint64_t, group_state> groups_;
-  // The last URL that passed precheck and its endpoint key (most traffic repeats a URL).
+  // The last URL that passed precheck and the multi handle its endpoint maps to (most traffic
+  // repeats a URL).
   std::string last_url_;
-  std::string last_endpoint_;
+  shard* last_home_ = nullptr;
   int epoll_fd_ = -1;
   int wake_fd_ = -1;
 };

@@ -57,6 +57,10 @@ struct http_response {
   std::optional<std::string> location;     ///< raw Location header value (a redirect's target)
   std::chrono::system_clock::time_point started_at{};
   std::chrono::microseconds duration{0};
+  /// The request itself, handed back once libcurl is done with it so that the caller can reuse
+  /// its buffers for the next one (no allocation per request, none freed on the transport's
+  /// thread). Empty for a request cancelled before it started.
+  http_request request;
 };
 
 /// How the loop waits. `epoll` (curl_multi_socket_action + epoll) works per ready socket and
@@ -77,7 +81,9 @@ struct transport_options {
   /// checks IP-literal URLs before sending and leaves host names to the proxy's own policy.
   std::string proxy;
   std::size_t max_response_bytes = 20000;
-  std::string user_agent;  ///< default "hookline/<version>"; a User-Agent header overrides it
+  /// Default "hookline/<version>"; a User-Agent header overrides it. Throws hookline::error when
+  /// it holds CR, LF or NUL.
+  std::string user_agent;
   /// CURLMOPT_MAXCONNECTS (idle connection cache) per multi handle; 0 = libcurl default.
   std::size_t max_connections = 0;
   loop_engine engine = loop_engine::epoll;
