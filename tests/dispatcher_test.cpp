@@ -3,9 +3,11 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <atomic>
 #include <chrono>
 #include <mutex>
 #include <set>
+#include <span>
 #include <thread>
 
 #include "dispatcher/circuit_breaker.hpp"
@@ -807,6 +809,46 @@ TEST(dispatcher, reused_requests_carry_nothing_from_the_last_one) {
     const auto signatures = r.header("webhook-signature").value_or("");
     EXPECT_EQ(std::count(signatures.begin(), signatures.end(), ','), 1);
   }
+}
+
+// Counts the dispatcher's give-backs (release_if_held): a message that bounces back to the
+// store instead of waiting for its endpoint.
+class release_counter final : public forwarding_store {
+ public:
+  using forwarding_store::forwarding_store;
+  void release_if_held(const std::string& id, const std::string& worker_id,
+                       time_point next) override {
+    ++releases;
+    forwarding_store::release_if_held(id, worker_id, next);
+  }
+  std::atomic<std::size_t> releases{0};
+};
+
+// Far more room in total than one endpoint's slots: a burst for one fast endpoint waits for it
+// here. It used to go back to the store and be claimed again (and each claim that found only
+// that endpoint's messages paused claiming), which left the endpoint idle most of the time.
+TEST(dispatcher, a_burst_for_one_fast_endpoint_waits_here_instead_of_bouncing_to_the_store) {
+  test_server server;
+  server.set_default(response::of(204));
+  auto store = std::make_shared<release_counter>(make_store("memory:"));
+  auto o = fast_options();
+  o.store_instance = store;
+  o.delivery.max_in_flight = 512;
+  o.delivery.endpoint_concurrency = 4;
+  hub h(o);
+  h.subscriptions().add(make_sub("fast", server.url("/fast")));
+  h.publish(make_event("warm-up.txt"));  // the endpoint's answer time is measured first
+  ASSERT_TRUE(h.wait_idle(10s));
+  const std::size_t before = store->releases;
+  constexpr std::size_t burst = 3000;
+  std::vector<event> events;
+  for (std::size_t i = 0; i < burst; ++i) events.push_back(make_event(std::to_string(i) + ".txt"));
+  h.publish(std::span<const event>(events));
+  ASSERT_TRUE(h.wait_idle(60s));
+  EXPECT_EQ(h.counters().delivered, burst + 1);
+  EXPECT_EQ(server.requests("/fast").size(), burst + 1);
+  EXPECT_LT(store->releases - before, burst / 5)
+      << "messages went back to the store instead of waiting for their endpoint";
 }
 
 TEST(dispatcher, statistics_count_per_subscription) {

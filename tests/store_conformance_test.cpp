@@ -54,6 +54,12 @@ class store_conformance : public ::testing::TestWithParam<std::string> {
     } else if (kind == "sqlite") {
       dir_ = std::make_unique<test::temp_dir>();
       store_ = make_store("sqlite:" + dir_->file("outbox.db"), options);
+    } else if (kind == "forwarded") {
+      // A wrapper made with forwarding_store must behave exactly as the store it wraps,
+      // including the members delivery_store has defaults for.
+      dir_ = std::make_unique<test::temp_dir>();
+      store_ = std::make_shared<forwarding_store>(
+          make_store("sqlite:" + dir_->file("outbox.db"), options));
     } else {
       const std::string base = test::test_pg_conninfo();
       ASSERT_FALSE(base.empty());
@@ -534,8 +540,17 @@ TEST_P(store_conformance, concurrent_enqueue_and_claim_lose_and_duplicate_nothin
   EXPECT_EQ(store_->counts(t0_).delivered, static_cast<std::size_t>(threads * per_thread));
 }
 
+TEST(forwarding_store, refuses_a_null_inner_store) {
+  try {
+    forwarding_store wrapper(nullptr);
+    ADD_FAILURE() << "accepted a null store";
+  } catch (const error& e) {
+    EXPECT_NE(std::string(e.what()).find("inner store is null"), std::string::npos) << e.what();
+  }
+}
+
 INSTANTIATE_TEST_SUITE_P(stores, store_conformance,
-                         ::testing::Values("memory", "sqlite", "postgres"),
+                         ::testing::Values("memory", "sqlite", "forwarded", "postgres"),
                          [](const auto& param_info) { return param_info.param; });
 
 }  // namespace

@@ -306,9 +306,9 @@ namespace {
 
 // Forwards everything; claim() first waits for the gate so no message is handled before the
 // subscriptions are loaded.
-class gate_wrapper final : public delivery_store {
+class gate_wrapper final : public forwarding_store {
  public:
-  explicit gate_wrapper(std::shared_ptr<delivery_store> inner) : inner_(std::move(inner)) {}
+  using forwarding_store::forwarding_store;
   void open() {
     {
       std::lock_guard lock(mutex_);
@@ -316,59 +316,15 @@ class gate_wrapper final : public delivery_store {
     }
     cv_.notify_all();
   }
-  void enqueue(std::vector<message>& batch) override { inner_->enqueue(batch); }
   std::vector<message> claim(const claim_request& req) override {
     {
       std::unique_lock lock(mutex_);
       if (!cv_.wait_for(lock, std::chrono::seconds(1), [&] { return open_; })) return {};
     }
-    return inner_->claim(req);
+    return forwarding_store::claim(req);
   }
-  void complete(const std::string& id, const attempt_record& a) override {
-    inner_->complete(id, a);
-  }
-  void reschedule(const std::string& id, time_point next, const attempt_record& a) override {
-    inner_->reschedule(id, next, a);
-  }
-  void dead_letter(const std::string& id, const std::string& reason,
-                   const attempt_record* a) override {
-    inner_->dead_letter(id, reason, a);
-  }
-  void release(const std::string& id, time_point next) override { inner_->release(id, next); }
-  void release_if_held(const std::string& id, const std::string& worker_id,
-                       time_point next) override {
-    inner_->release_if_held(id, worker_id, next);
-  }
-  std::size_t release_worker(const std::string& worker_id) override {
-    return inner_->release_worker(worker_id);
-  }
-  bool redeliver(const std::string& id, time_point now) override {
-    return inner_->redeliver(id, now);
-  }
-  std::size_t recover(const std::string& subscription_id, time_point since,
-                      time_point now) override {
-    return inner_->recover(subscription_id, since, now);
-  }
-  std::optional<message> get(const std::string& id) override { return inner_->get(id); }
-  std::vector<message> query(const message_query& q) override { return inner_->query(q); }
-  std::vector<attempt_record> attempts(const attempt_query& q) override {
-    return inner_->attempts(q);
-  }
-  store_counts counts(time_point now) override { return inner_->counts(now); }
-  std::size_t count_pending(time_point now) override { return inner_->count_pending(now); }
-  subscription_stats stats(const std::string& subscription_id) override {
-    return inner_->stats(subscription_id);
-  }
-  std::optional<time_point> next_due(time_point now) override { return inner_->next_due(now); }
-  bool wait_for_notification(std::chrono::milliseconds timeout) override {
-    return inner_->wait_for_notification(timeout);
-  }
-  void save_state(const subscription_state& s) override { inner_->save_state(s); }
-  std::vector<subscription_state> load_states() override { return inner_->load_states(); }
-  std::size_t prune(time_point before) override { return inner_->prune(before); }
 
  private:
-  std::shared_ptr<delivery_store> inner_;
   std::mutex mutex_;
   std::condition_variable cv_;
   bool open_ = false;

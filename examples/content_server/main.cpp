@@ -141,10 +141,9 @@ settings parse(int argc, char** argv) {
 
 // Holds the dispatcher back until the subscriptions are loaded: the hub starts dispatching in
 // its constructor, and a message whose subscription is not known yet must not be given up.
-class gated_store final : public hookline::delivery_store {
+class gated_store final : public hookline::forwarding_store {
  public:
-  explicit gated_store(std::shared_ptr<hookline::delivery_store> inner)
-      : inner_(std::move(inner)) {}
+  using forwarding_store::forwarding_store;
   void open() {
     {
       std::lock_guard lock(mutex_);
@@ -152,64 +151,15 @@ class gated_store final : public hookline::delivery_store {
     }
     cv_.notify_all();
   }
-  void enqueue(std::vector<hookline::message>& b) override { inner_->enqueue(b); }
   std::vector<hookline::message> claim(const hookline::claim_request& r) override {
     {
       std::unique_lock lock(mutex_);
       if (!cv_.wait_for(lock, std::chrono::seconds(1), [&] { return open_; })) return {};
     }
-    return inner_->claim(r);
+    return forwarding_store::claim(r);
   }
-  void complete(const std::string& id, const hookline::attempt_record& a) override {
-    inner_->complete(id, a);
-  }
-  void reschedule(const std::string& id, hookline::time_point next,
-                  const hookline::attempt_record& a) override {
-    inner_->reschedule(id, next, a);
-  }
-  void dead_letter(const std::string& id, const std::string& reason,
-                   const hookline::attempt_record* a) override {
-    inner_->dead_letter(id, reason, a);
-  }
-  void release(const std::string& id, hookline::time_point next) override {
-    inner_->release(id, next);
-  }
-  void release_if_held(const std::string& id, const std::string& worker,
-                       hookline::time_point next) override {
-    inner_->release_if_held(id, worker, next);
-  }
-  std::size_t release_worker(const std::string& w) override { return inner_->release_worker(w); }
-  bool redeliver(const std::string& id, hookline::time_point now) override {
-    return inner_->redeliver(id, now);
-  }
-  std::size_t recover(const std::string& sub, hookline::time_point since,
-                      hookline::time_point now) override {
-    return inner_->recover(sub, since, now);
-  }
-  std::optional<hookline::message> get(const std::string& id) override { return inner_->get(id); }
-  std::vector<hookline::message> query(const hookline::message_query& q) override {
-    return inner_->query(q);
-  }
-  std::vector<hookline::attempt_record> attempts(const hookline::attempt_query& q) override {
-    return inner_->attempts(q);
-  }
-  hookline::store_counts counts(hookline::time_point now) override { return inner_->counts(now); }
-  std::size_t count_pending(hookline::time_point now) override {
-    return inner_->count_pending(now);
-  }
-  hookline::subscription_stats stats(const std::string& sub) override { return inner_->stats(sub); }
-  std::optional<hookline::time_point> next_due(hookline::time_point now) override {
-    return inner_->next_due(now);
-  }
-  bool wait_for_notification(std::chrono::milliseconds t) override {
-    return inner_->wait_for_notification(t);
-  }
-  void save_state(const hookline::subscription_state& s) override { inner_->save_state(s); }
-  std::vector<hookline::subscription_state> load_states() override { return inner_->load_states(); }
-  std::size_t prune(hookline::time_point before) override { return inner_->prune(before); }
 
  private:
-  std::shared_ptr<hookline::delivery_store> inner_;
   std::mutex mutex_;
   std::condition_variable cv_;
   bool open_ = false;

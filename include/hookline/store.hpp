@@ -195,6 +195,52 @@ class delivery_store {
   virtual std::size_t prune(time_point before) = 0;
 };
 
+/// A store that passes every call on to another store. Derive from it to wrap a store (a gate,
+/// metrics, tracing) and override only what the wrapper changes: every member of
+/// delivery_store is forwarded, the ones with a default too (enqueue_claimed(),
+/// record_results(), release_if_held(), count_pending(), wait_for_notification()), so a wrapper
+/// never falls back to a default and loses what the inner store does better (hand-over at
+/// publish, one transaction per batch of results, leases that only their holder releases).
+/// Thread safety: as the inner store.
+class forwarding_store : public delivery_store {
+ public:
+  /// Throws hookline::error when `inner` is null.
+  explicit forwarding_store(std::shared_ptr<delivery_store> inner);
+
+  const std::shared_ptr<delivery_store>& inner() const { return inner_; }
+
+  void enqueue(std::vector<message>& batch) override;
+  std::vector<bool> enqueue_claimed(std::vector<message>& batch,
+                                    const enqueue_lease& lease) override;
+  std::vector<message> claim(const claim_request& req) override;
+  void complete(const std::string& id, const attempt_record& a) override;
+  void reschedule(const std::string& id, time_point next, const attempt_record& a) override;
+  void record_results(std::vector<attempt_result>& results) override;
+  void dead_letter(const std::string& id, const std::string& reason,
+                   const attempt_record* a) override;
+  void release(const std::string& id, time_point next) override;
+  void release_if_held(const std::string& id, const std::string& worker_id,
+                       time_point next) override;
+  std::size_t release_worker(const std::string& worker_id) override;
+  bool redeliver(const std::string& id, time_point now) override;
+  std::size_t recover(const std::string& subscription_id, time_point since,
+                      time_point now) override;
+  std::optional<message> get(const std::string& id) override;
+  std::vector<message> query(const message_query& q) override;
+  std::vector<attempt_record> attempts(const attempt_query& q) override;
+  store_counts counts(time_point now) override;
+  std::size_t count_pending(time_point now) override;
+  subscription_stats stats(const std::string& subscription_id) override;
+  std::optional<time_point> next_due(time_point now) override;
+  bool wait_for_notification(std::chrono::milliseconds timeout) override;
+  void save_state(const subscription_state& s) override;
+  std::vector<subscription_state> load_states() override;
+  std::size_t prune(time_point before) override;
+
+ private:
+  std::shared_ptr<delivery_store> inner_;
+};
+
 struct store_options {
   /// Delivered messages and attempts older than this are pruned (dead ones only when replayed).
   std::chrono::hours retention{24 * 30};

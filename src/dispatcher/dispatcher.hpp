@@ -112,6 +112,8 @@ class dispatcher {
              std::optional<time_point> claimed = std::nullopt);
   void offer(const std::string& key, endpoint& ep, waiting w, time_point now);
   bool try_send(const std::string& key, endpoint& ep, waiting& w, time_point now);
+  /// How many messages may wait in `ep`'s queue.
+  std::size_t queue_limit(const endpoint& ep) const;
   void pump(time_point now);
   void defer(waiting& w, time_point at);
   void finish_ordered(const std::string& subscription_id, time_point now);
@@ -222,6 +224,7 @@ class dispatcher {
   std::size_t parked_count_ = 0;
   std::size_t deferrals_ = 0;
   std::size_t claim_limit_ = 256;
+  bool inbox_blocked_ = false;  // take_inbox() stopped at a fast endpoint's full queue
   std::chrono::steady_clock::time_point claim_pause_until_{};
   bool due_known_ = false;
   bool ordered_moved_ = false;  // an ordered subscription's next message may be claimable
