@@ -834,7 +834,7 @@ TEST(dispatcher, a_burst_for_one_fast_endpoint_waits_here_instead_of_bouncing_to
   auto o = fast_options();
   o.store_instance = store;
   o.delivery.max_in_flight = 512;
-  o.delivery.endpoint_concurrency = 4;
+  o.delivery.endpoint_concurrency = 16;
   hub h(o);
   h.subscriptions().add(make_sub("fast", server.url("/fast")));
   h.publish(make_event("warm-up.txt"));  // the endpoint's answer time is measured first
@@ -849,6 +849,40 @@ TEST(dispatcher, a_burst_for_one_fast_endpoint_waits_here_instead_of_bouncing_to
   EXPECT_EQ(server.requests("/fast").size(), burst + 1);
   EXPECT_LT(store->releases - before, burst / 5)
       << "messages went back to the store instead of waiting for their endpoint";
+}
+
+// The long queue a fast endpoint may keep must not trap the room when that endpoint stops
+// answering: its queued messages go back to the store, and another endpoint's messages, handed
+// over behind them, still go out at once.
+TEST(dispatcher, an_endpoint_that_stops_answering_gives_back_its_long_queue) {
+  test_server server;
+  server.set_default(response::of(204));
+  auto o = fast_options();
+  o.delivery.request_timeout = 5s;
+  o.delivery.endpoint_concurrency = 2;
+  o.delivery.max_in_flight = 64;
+  hub h(o);
+  auto stalls = make_sub("stalls", server.url("/stalls"));
+  stalls.filter.content_types = {{"Folder", {"All"}}};
+  h.subscriptions().add(stalls);
+  h.subscriptions().add(make_sub("healthy", server.url("/ok")));
+  std::vector<event> warm(20, make_event());
+  for (auto& e : warm) e.content_type = "Folder";
+  h.publish(warm);  // fast at first: its queue may grow long
+  ASSERT_TRUE(h.wait_idle(10s));
+  server.respond_always("/stalls", response::slow(10s));
+  std::vector<event> stalled(300, make_event());
+  for (auto& e : stalled) e.content_type = "Folder";
+  const auto t0 = steady::now();
+  h.publish(stalled);
+  std::vector<event> healthy(40, make_event());
+  h.publish(healthy);
+  ASSERT_TRUE(server.wait_for_requests("/ok", 40, 10s));
+  EXPECT_LT(steady::now() - t0, 2s);  // well before the stalled endpoint's 5 s timeout
+  EXPECT_LE(server.request_count("/stalls"), 20u + 2u);  // its concurrency, no more
+  ASSERT_TRUE(eventually([&] { return h.counters().delivered == 20 + 40; }));
+  h.stop(0ms);
+  EXPECT_EQ(h.store().counts(std::chrono::system_clock::now()).pending, 300u);
 }
 
 TEST(dispatcher, statistics_count_per_subscription) {

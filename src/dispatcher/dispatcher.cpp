@@ -423,7 +423,7 @@ void dispatcher::take_inbox(time_point now, std::size_t limit) {
     if (auto sub = snap->find(inbox_.front().msg.subscription_id)) {
       auto it = endpoints_.find(sub->url);
       if (it != endpoints_.end()) {
-        const auto cap = queue_limit(it->second);
+        const auto cap = queue_limit(it->second, now);
         if (cap > queue_cap_ && it->second.queue.size() >= cap) {
           inbox_blocked_ = true;
           return;
@@ -488,12 +488,16 @@ void dispatcher::offer(const std::string& key, endpoint& ep, waiting w, time_poi
     defer(w, ep.breaker.open_until());
     return;
   }
-  if (ep.queue.size() < queue_limit(ep)) {
+  if (ep.queue.size() < queue_limit(ep, now)) {
     ep.queue.push_back(std::move(w));
     ++waiting_;
     waiting_endpoints_.insert(key);
     return;
   }
+  send_back_later(ep, w, now);
+}
+
+void dispatcher::send_back_later(endpoint& ep, waiting& w, time_point now) {
   // The endpoint's queue is full: back to the store, due about when the endpoint should have
   // room, spread so they do not all return at once.
   const double ahead = double(ep.queue.size() + ep.deferred);
@@ -502,14 +506,9 @@ void dispatcher::offer(const std::string& key, endpoint& ep, waiting w, time_poi
     at = ep.bucket.next_token(now) + duration_cast<time_point::duration>(
                                          std::chrono::duration<double>(ahead / ep.bucket.rate()));
   } else {
-    // Expected time per request: the moving average, or longer while the oldest request in
-    // flight has been waiting longer (an endpoint that stopped answering).
-    double latency_ms = ep.latency_ms;
-    if (!ep.started.empty())
-      latency_ms = std::max(
-          latency_ms, std::chrono::duration<double, std::milli>(now - *ep.started.begin()).count());
     const double slots = double(std::max<std::size_t>(1, ctx_.delivery.endpoint_concurrency));
-    const double wait_ms = std::min(latency_ms * (ahead / slots + 1.0), double(lease_.count()));
+    const double wait_ms =
+        std::min(expected_latency_ms(ep, now) * (ahead / slots + 1.0), double(lease_.count()));
     at = now + duration_cast<time_point::duration>(
                    std::chrono::duration<double, std::milli>(std::max(wait_ms, 10.0)));
   }
@@ -517,7 +516,17 @@ void dispatcher::offer(const std::string& key, endpoint& ep, waiting w, time_poi
   defer(w, at);
 }
 
-std::size_t dispatcher::queue_limit(const endpoint& ep) const {
+double dispatcher::expected_latency_ms(const endpoint& ep, time_point now) const {
+  // The moving average, or longer while the oldest request in flight has been waiting longer:
+  // an endpoint that stopped answering has no new latency to show for it.
+  double latency_ms = ep.latency_ms;
+  if (!ep.started.empty())
+    latency_ms = std::max(
+        latency_ms, std::chrono::duration<double, std::milli>(now - *ep.started.begin()).count());
+  return latency_ms;
+}
+
+std::size_t dispatcher::queue_limit(const endpoint& ep, time_point now) const {
   // An endpoint that answers quickly drains a long queue in moments: it may hold what it sends
   // in queue_drain, up to all the room claims have. Otherwise a burst for one fast endpoint
   // went back to the store, and each claim that found only its messages paused claiming: the
@@ -526,8 +535,8 @@ std::size_t dispatcher::queue_limit(const endpoint& ep) const {
   // or not yet measured endpoint keeps the fixed cap.
   if (ep.failing || ep.latency_ms <= 0 || ep.bucket.rate() > 0) return queue_cap_;
   const double slots = double(std::max<std::size_t>(1, ctx_.delivery.endpoint_concurrency));
-  const double per_drain =
-      slots * std::chrono::duration<double, std::milli>(queue_drain).count() / ep.latency_ms;
+  const double per_drain = slots * std::chrono::duration<double, std::milli>(queue_drain).count() /
+                           expected_latency_ms(ep, now);
   return std::max(queue_cap_, static_cast<std::size_t>(std::min(per_drain, double(claim_cap_))));
 }
 
@@ -627,6 +636,15 @@ void dispatcher::pump(time_point now) {
       continue;
     }
     auto& ep = it->second;
+    // An endpoint that stopped answering (or failed) may no longer keep the long queue it had
+    // while fast: the newest go back, so they do not hold the room other endpoints need. (Not
+    // while it is merely a little slower than before: the queue would churn.)
+    for (const auto limit = queue_limit(ep, now); limit == queue_cap_ && ep.queue.size() > limit;) {
+      waiting w = std::move(ep.queue.back());
+      ep.queue.pop_back();
+      --waiting_;
+      send_back_later(ep, w, now);
+    }
     while (!ep.queue.empty()) {
       waiting w = std::move(ep.queue.front());
       ep.queue.pop_front();

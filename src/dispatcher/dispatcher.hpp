@@ -112,8 +112,12 @@ class dispatcher {
              std::optional<time_point> claimed = std::nullopt);
   void offer(const std::string& key, endpoint& ep, waiting w, time_point now);
   bool try_send(const std::string& key, endpoint& ep, waiting& w, time_point now);
+  /// Back to the store, due about when `ep` should have room for it.
+  void send_back_later(endpoint& ep, waiting& w, time_point now);
+  /// How long a request to `ep` takes now, in milliseconds (0 while unknown).
+  double expected_latency_ms(const endpoint& ep, time_point now) const;
   /// How many messages may wait in `ep`'s queue.
-  std::size_t queue_limit(const endpoint& ep) const;
+  std::size_t queue_limit(const endpoint& ep, time_point now) const;
   void pump(time_point now);
   void defer(waiting& w, time_point at);
   void finish_ordered(const std::string& subscription_id, time_point now);
