@@ -833,7 +833,9 @@ TEST(dispatcher, a_burst_for_one_fast_endpoint_waits_here_instead_of_bouncing_to
   auto store = std::make_shared<release_counter>(make_store("memory:"));
   auto o = fast_options();
   o.store_instance = store;
-  o.delivery.max_in_flight = 512;
+  // Room for 384 claimed messages against 64 in the endpoint's fixed queue and slots; the
+  // endpoint's queue may grow to that room while it answers within 10 ms (slow ASan runs too).
+  o.delivery.max_in_flight = 128;
   o.delivery.endpoint_concurrency = 16;
   hub h(o);
   h.subscriptions().add(make_sub("fast", server.url("/fast")));
@@ -847,8 +849,37 @@ TEST(dispatcher, a_burst_for_one_fast_endpoint_waits_here_instead_of_bouncing_to
   ASSERT_TRUE(h.wait_idle(60s));
   EXPECT_EQ(h.counters().delivered, burst + 1);
   EXPECT_EQ(server.requests("/fast").size(), burst + 1);
-  EXPECT_LT(store->releases - before, burst / 5)
+  EXPECT_LT(store->releases - before, burst / 3)
       << "messages went back to the store instead of waiting for their endpoint";
+}
+
+// One unhealthy answer stops the queue from growing, but does not send a fast endpoint's queue
+// back to the store: that would churn it through the store at every occasional error.
+TEST(dispatcher, an_occasional_error_does_not_send_a_fast_endpoints_queue_back) {
+  test_server server;
+  std::atomic<int> seen{0};
+  server.on("/mostly", [&](const test::recorded_request&) {
+    return ++seen % 100 == 0 ? response::of(503) : response::of(204);
+  });
+  auto store = std::make_shared<release_counter>(make_store("memory:"));
+  auto o = fast_options();
+  o.store_instance = store;
+  o.delivery.max_in_flight = 128;
+  o.delivery.endpoint_concurrency = 16;
+  o.delivery.breaker.enabled = false;
+  hub h(o);
+  h.subscriptions().add(make_sub("mostly", server.url("/mostly")));
+  h.publish(make_event("warm-up.txt"));
+  ASSERT_TRUE(h.wait_idle(10s));
+  const std::size_t before = store->releases;
+  constexpr std::size_t burst = 3000;
+  std::vector<event> events;
+  for (std::size_t i = 0; i < burst; ++i) events.push_back(make_event(std::to_string(i) + ".txt"));
+  h.publish(std::span<const event>(events));
+  ASSERT_TRUE(h.wait_idle(60s));
+  EXPECT_EQ(h.counters().delivered, burst + 1);
+  EXPECT_LT(store->releases - before, burst / 10)
+      << "an occasional 503 sent the endpoint's queue back to the store";
 }
 
 // The long queue a fast endpoint may keep must not trap the room when that endpoint stops

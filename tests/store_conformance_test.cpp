@@ -540,15 +540,6 @@ TEST_P(store_conformance, concurrent_enqueue_and_claim_lose_and_duplicate_nothin
   EXPECT_EQ(store_->counts(t0_).delivered, static_cast<std::size_t>(threads * per_thread));
 }
 
-TEST(forwarding_store, refuses_a_null_inner_store) {
-  try {
-    forwarding_store wrapper(nullptr);
-    ADD_FAILURE() << "accepted a null store";
-  } catch (const error& e) {
-    EXPECT_NE(std::string(e.what()).find("inner store is null"), std::string::npos) << e.what();
-  }
-}
-
 INSTANTIATE_TEST_SUITE_P(stores, store_conformance,
                          ::testing::Values("memory", "sqlite", "forwarded", "postgres"),
                          [](const auto& param_info) { return param_info.param; });

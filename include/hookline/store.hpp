@@ -195,13 +195,16 @@ class delivery_store {
   virtual std::size_t prune(time_point before) = 0;
 };
 
-/// A store that passes every call on to another store. Derive from it to wrap a store (a gate,
-/// metrics, tracing) and override only what the wrapper changes: every member of
-/// delivery_store is forwarded, the ones with a default too (enqueue_claimed(),
+/// A store that passes every call on to the same member of another store. Derive from it to
+/// wrap a store (a gate, metrics, tracing) and override what the wrapper changes: every member
+/// of delivery_store is forwarded, the ones with a default too (enqueue_claimed(),
 /// record_results(), release_if_held(), count_pending(), wait_for_notification()), so a wrapper
 /// never falls back to a default and loses what the inner store does better (hand-over at
 /// publish, one transaction per batch of results, leases that only their holder releases).
-/// Thread safety: as the inner store.
+/// Mind the pairs: the hub and the dispatcher call enqueue_claimed() as well as enqueue(),
+/// record_results() rather than complete() and reschedule(), release_if_held() rather than
+/// release(), and count_pending() rather than counts(); a wrapper that watches one member of a
+/// pair must override the other too. Thread safety: as the inner store.
 class forwarding_store : public delivery_store {
  public:
   /// Throws hookline::error when `inner` is null.

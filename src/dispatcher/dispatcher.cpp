@@ -413,23 +413,9 @@ void dispatcher::turn(time_point now) {
 }
 
 void dispatcher::take_inbox(time_point now, std::size_t limit) {
-  inbox_blocked_ = false;
   if (inbox_.empty()) return;
   const auto snap = ctx_.subscriptions->current();
   for (std::size_t n = 0; n < limit && !inbox_.empty() && in_flight_ + waiting_ < claim_cap_; ++n) {
-    // Handed-over messages are in memory already: one for a fast endpoint whose queue is full
-    // waits here (the endpoint drains its queue within queue_drain) instead of going back to
-    // the store and being claimed again. Completions wake the loop to go on.
-    if (auto sub = snap->find(inbox_.front().msg.subscription_id)) {
-      auto it = endpoints_.find(sub->url);
-      if (it != endpoints_.end()) {
-        const auto cap = queue_limit(it->second, now);
-        if (cap > queue_cap_ && it->second.queue.size() >= cap) {
-          inbox_blocked_ = true;
-          return;
-        }
-      }
-    }
     handed_message h = std::move(inbox_.front());
     inbox_.pop_front();
     // Leased since it was stored: the hold counts from then, like a claim's.
@@ -530,13 +516,23 @@ std::size_t dispatcher::queue_limit(const endpoint& ep, time_point now) const {
   // An endpoint that answers quickly drains a long queue in moments: it may hold what it sends
   // in queue_drain, up to all the room claims have. Otherwise a burst for one fast endpoint
   // went back to the store, and each claim that found only its messages paused claiming: the
-  // endpoint sat idle most of the time (1,300 messages/s to a local nginx). Messages for other
-  // endpoints wait at most about queue_drain behind such a queue. A slow, failing, rate-limited
-  // or not yet measured endpoint keeps the fixed cap.
-  if (ep.failing || ep.latency_ms <= 0 || ep.bucket.rate() > 0) return queue_cap_;
+  // endpoint sat idle most of the time (1,300 messages/s to a local nginx). A rate-limited or
+  // not yet measured endpoint keeps the fixed cap. An endpoint that answers with errors keeps
+  // its queue too (each answer is an attempt; its circuit breaker sends the queue back when it
+  // opens), and one that stops answering looks slow at once (below).
+  if (ep.latency_ms <= 0 || ep.bucket.rate() > 0) return queue_cap_;
+  // An endpoint that stops answering has no new latency to show for it: the time since its
+  // last answer (or since its oldest request went, if later) tells. Not the age of the oldest
+  // request alone: a request waits in the transport for a slot first, which doubles it for an
+  // endpoint that answers well.
+  double latency_ms = ep.latency_ms;
+  if (!ep.started.empty()) {
+    const auto quiet = now - std::max(ep.last_answer, *ep.started.begin());
+    latency_ms = std::max(latency_ms, std::chrono::duration<double, std::milli>(quiet).count());
+  }
   const double slots = double(std::max<std::size_t>(1, ctx_.delivery.endpoint_concurrency));
-  const double per_drain = slots * std::chrono::duration<double, std::milli>(queue_drain).count() /
-                           expected_latency_ms(ep, now);
+  const double per_drain =
+      slots * std::chrono::duration<double, std::milli>(queue_drain).count() / latency_ms;
   return std::max(queue_cap_, static_cast<std::size_t>(std::min(per_drain, double(claim_cap_))));
 }
 
@@ -556,6 +552,7 @@ bool dispatcher::try_send(const std::string& key, endpoint& ep, waiting& w, time
   if (!spare_requests_.empty()) {
     req = std::move(spare_requests_.back());
     spare_requests_.pop_back();
+    spare_bytes_ -= std::min(spare_bytes_, req.body.capacity() + req.url.capacity());
   }
   try {
     build_request(req, w.msg, *w.sub, ts, d, keys_for(w.sub));
@@ -588,6 +585,9 @@ void dispatcher::keep_for_reuse(http_request&& req) {
   if (spare_requests_.size() >= std::min(flight_cap_, max_spare_requests) ||
       req.body.capacity() > max_spare_body || req.url.empty())
     return;
+  const std::size_t bytes = req.body.capacity() + req.url.capacity();
+  if (spare_bytes_ + bytes > max_spare_bytes) return;
+  spare_bytes_ += bytes;
   spare_requests_.push_back(std::move(req));
 }
 
@@ -636,14 +636,18 @@ void dispatcher::pump(time_point now) {
       continue;
     }
     auto& ep = it->second;
-    // An endpoint that stopped answering (or failed) may no longer keep the long queue it had
-    // while fast: the newest go back, so they do not hold the room other endpoints need. (Not
-    // while it is merely a little slower than before: the queue would churn.)
-    for (const auto limit = queue_limit(ep, now); limit == queue_cap_ && ep.queue.size() > limit;) {
-      waiting w = std::move(ep.queue.back());
-      ep.queue.pop_back();
-      --waiting_;
-      send_back_later(ep, w, now);
+    // An endpoint that stopped answering cannot keep the long queue it had while fast (its
+    // expected latency grows with the age of its oldest request): the newest go back, so they
+    // do not hold the room other endpoints need. Only once the queue is twice what it would
+    // send in queue_drain: an endpoint a little slower than a moment ago must not churn its
+    // queue through the store.
+    if (const auto limit = queue_limit(ep, now); ep.queue.size() > 2 * limit) {
+      while (ep.queue.size() > limit) {
+        waiting w = std::move(ep.queue.back());
+        ep.queue.pop_back();
+        --waiting_;
+        send_back_later(ep, w, now);
+      }
     }
     while (!ep.queue.empty()) {
       waiting w = std::move(ep.queue.front());
@@ -709,6 +713,7 @@ void dispatcher::handle(http_response&& r, time_point now) {
   if (ep != nullptr) {
     const double ms = double(r.duration.count()) / 1000.0;
     ep->latency_ms = ep->latency_ms == 0 ? std::max(ms, 0.001) : 0.8 * ep->latency_ms + 0.2 * ms;
+    ep->last_answer = now;
     if (r.kind == error_kind::refused || r.kind == error_kind::invalid) {
       ep->breaker.on_cancel(f.probe);  // never reached the endpoint: says nothing about it
     } else {
@@ -927,7 +932,7 @@ void dispatcher::drain_local(time_point now) {
 }
 
 time_point dispatcher::next_wake(time_point now) {
-  if (!inbox_.empty() && !inbox_blocked_ && in_flight_ + waiting_ < claim_cap_) return now;
+  if (!inbox_.empty() && in_flight_ + waiting_ < claim_cap_) return now;
   time_point at = now + std::chrono::hours(1);
   if (in_flight_ + waiting_ < claim_cap_ && ctx_.subscriptions->current()->size() != 0) {
     if (steady::now() < claim_pause_until_) {

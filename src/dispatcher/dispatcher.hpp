@@ -102,6 +102,7 @@ class dispatcher {
     std::multiset<time_point> started;  // of the requests in flight
     std::size_t deferred = 0;
     time_point last_used{};
+    time_point last_answer{};  // of its last completed request (the hub's clock)
   };
 
   void run();
@@ -116,7 +117,8 @@ class dispatcher {
   void send_back_later(endpoint& ep, waiting& w, time_point now);
   /// How long a request to `ep` takes now, in milliseconds (0 while unknown).
   double expected_latency_ms(const endpoint& ep, time_point now) const;
-  /// How many messages may wait in `ep`'s queue.
+  /// How many messages may wait in `ep`'s queue: what it sends in queue_drain at its expected
+  /// latency, at least queue_cap_.
   std::size_t queue_limit(const endpoint& ep, time_point now) const;
   void pump(time_point now);
   void defer(waiting& w, time_point at);
@@ -195,6 +197,8 @@ class dispatcher {
   std::vector<http_request> spare_requests_;  // handed back by the transport, for reuse
   static constexpr std::size_t max_spare_requests = 4096;
   static constexpr std::size_t max_spare_body = 64 * 1024;
+  static constexpr std::size_t max_spare_bytes = 8 * 1024 * 1024;  // bodies and URLs kept, in all
+  std::size_t spare_bytes_ = 0;
   std::vector<attempt_result> results_;  // of this turn's completions, recorded at once
   std::vector<message> delivered_;       // their delivered messages, announced once recorded
   struct keyed_subscription {
@@ -228,7 +232,6 @@ class dispatcher {
   std::size_t parked_count_ = 0;
   std::size_t deferrals_ = 0;
   std::size_t claim_limit_ = 256;
-  bool inbox_blocked_ = false;  // take_inbox() stopped at a fast endpoint's full queue
   std::chrono::steady_clock::time_point claim_pause_until_{};
   bool due_known_ = false;
   bool ordered_moved_ = false;  // an ordered subscription's next message may be claimable

@@ -59,7 +59,8 @@ struct http_response {
   std::chrono::microseconds duration{0};
   /// The request itself, handed back once libcurl is done with it so that the caller can reuse
   /// its buffers for the next one (no allocation per request, none freed on the transport's
-  /// thread). Empty for a request cancelled before it started.
+  /// thread). Empty for a request that was cancelled (before it started, or in flight when the
+  /// transport stopped).
   http_request request;
 };
 
