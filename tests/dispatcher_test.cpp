@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <atomic>
 #include <chrono>
+#include <limits>
 #include <mutex>
 #include <set>
 #include <span>
@@ -824,6 +825,19 @@ class release_counter final : public forwarding_store {
   std::atomic<std::size_t> releases{0};
 };
 
+// Publishes one event (so the endpoint's answer time is measured), then `burst` at once; waits
+// until every message is done and returns how many the dispatcher gave back meanwhile.
+std::size_t releases_during_burst(hub& h, const release_counter& store, std::size_t burst) {
+  h.publish(make_event("warm-up.txt"));
+  if (!h.wait_idle(10s)) return std::numeric_limits<std::size_t>::max();
+  const std::size_t before = store.releases;
+  std::vector<event> events;
+  for (std::size_t i = 0; i < burst; ++i) events.push_back(make_event(std::to_string(i) + ".txt"));
+  h.publish(std::span<const event>(events));
+  if (!h.wait_idle(60s)) return std::numeric_limits<std::size_t>::max();
+  return store.releases - before;
+}
+
 // Far more room in total than one endpoint's slots: a burst for one fast endpoint waits for it
 // here. It used to go back to the store and be claimed again (and each claim that found only
 // that endpoint's messages paused claiming), which left the endpoint idle most of the time.
@@ -839,22 +853,16 @@ TEST(dispatcher, a_burst_for_one_fast_endpoint_waits_here_instead_of_bouncing_to
   o.delivery.endpoint_concurrency = 16;
   hub h(o);
   h.subscriptions().add(make_sub("fast", server.url("/fast")));
-  h.publish(make_event("warm-up.txt"));  // the endpoint's answer time is measured first
-  ASSERT_TRUE(h.wait_idle(10s));
-  const std::size_t before = store->releases;
   constexpr std::size_t burst = 3000;
-  std::vector<event> events;
-  for (std::size_t i = 0; i < burst; ++i) events.push_back(make_event(std::to_string(i) + ".txt"));
-  h.publish(std::span<const event>(events));
-  ASSERT_TRUE(h.wait_idle(60s));
+  const auto releases = releases_during_burst(h, *store, burst);
   EXPECT_EQ(h.counters().delivered, burst + 1);
   EXPECT_EQ(server.requests("/fast").size(), burst + 1);
-  EXPECT_LT(store->releases - before, burst / 3)
+  EXPECT_LT(releases, burst / 3)
       << "messages went back to the store instead of waiting for their endpoint";
 }
 
-// One unhealthy answer stops the queue from growing, but does not send a fast endpoint's queue
-// back to the store: that would churn it through the store at every occasional error.
+// An occasional unhealthy answer does not send a fast endpoint's queue back to the store: that
+// would churn it through the store at every error.
 TEST(dispatcher, an_occasional_error_does_not_send_a_fast_endpoints_queue_back) {
   test_server server;
   std::atomic<int> seen{0};
@@ -869,16 +877,10 @@ TEST(dispatcher, an_occasional_error_does_not_send_a_fast_endpoints_queue_back) 
   o.delivery.breaker.enabled = false;
   hub h(o);
   h.subscriptions().add(make_sub("mostly", server.url("/mostly")));
-  h.publish(make_event("warm-up.txt"));
-  ASSERT_TRUE(h.wait_idle(10s));
-  const std::size_t before = store->releases;
   constexpr std::size_t burst = 3000;
-  std::vector<event> events;
-  for (std::size_t i = 0; i < burst; ++i) events.push_back(make_event(std::to_string(i) + ".txt"));
-  h.publish(std::span<const event>(events));
-  ASSERT_TRUE(h.wait_idle(60s));
+  const auto releases = releases_during_burst(h, *store, burst);
   EXPECT_EQ(h.counters().delivered, burst + 1);
-  EXPECT_LT(store->releases - before, burst / 10)
+  EXPECT_LT(releases, burst / 10)
       << "an occasional 503 sent the endpoint's queue back to the store";
 }
 
