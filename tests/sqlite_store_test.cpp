@@ -332,5 +332,134 @@ TEST_F(sqlite_store, retention_prunes_old_delivered_messages_at_open) {
   EXPECT_TRUE(s->attempts({}).empty());
 }
 
+// Messages, leases and results are written up to 16 rows per statement (chunks of 16, 4 and 1):
+// each row must keep its own values, sequence and outcome across the chunk boundaries.
+TEST_F(sqlite_store, a_batch_across_statement_chunks_keeps_each_message_and_its_order) {
+  auto store = open();
+  std::vector<message> batch;
+  for (int i = 0; i < 37; ++i)  // 16 + 16 + 4 + 1
+    batch.push_back(make_message("m" + std::to_string(i), i % 2 ? "s1" : "s2", t0_));
+  const auto leased = store->enqueue_claimed(batch, enqueue_lease{"pub", t0_ + 30s, 21});
+  ASSERT_EQ(leased.size(), 37u);
+  EXPECT_EQ(std::count(leased.begin(), leased.end(), true), 21);
+  for (std::size_t i = 1; i < batch.size(); ++i)
+    EXPECT_EQ(batch[i].sequence, batch[i - 1].sequence + 1) << batch[i].id;
+  for (const auto& m : batch) {
+    auto stored = store->get(m.id);
+    ASSERT_TRUE(stored) << m.id;
+    EXPECT_EQ(stored->sequence, m.sequence);
+    EXPECT_EQ(stored->subscription_id, m.subscription_id);
+    EXPECT_EQ(stored->body, m.body);
+  }
+  EXPECT_EQ(store->counts(t0_).in_flight, 21u);
+  // The other 16 are claimed (one lease statement of 16 rows) and leased to the claimer only.
+  auto claimed = store->claim(claim_at(t0_, "w2"));
+  ASSERT_EQ(claimed.size(), 16u);
+  EXPECT_EQ(store->counts(t0_).in_flight, 37u);
+  EXPECT_TRUE(store->claim(claim_at(t0_ + 1s, "w3")).empty());
+  EXPECT_EQ(store->release_worker("w2"), 16u);
+  EXPECT_EQ(store->release_worker("pub"), 21u);
+}
+
+TEST_F(sqlite_store, an_enqueue_retried_by_the_host_keeps_stored_messages_where_they_are) {
+  auto store = open();
+  std::vector<message> first{make_message("a", "s1", t0_), make_message("b", "s1", t0_)};
+  store->enqueue(first);
+  // 21 rows: 16 + 4 + 1. "a" and "b" are stored already and "x3" comes twice.
+  std::vector<message> batch;
+  for (int i = 0; i < 21; ++i) batch.push_back(make_message("x" + std::to_string(i), "s1", t0_));
+  batch[2] = make_message("b", "s1", t0_);
+  batch[4] = make_message("x3", "s1", t0_);
+  batch[17] = make_message("a", "s1", t0_);
+  const auto leased = store->enqueue_claimed(batch, enqueue_lease{"pub", t0_ + 30s, 21});
+  EXPECT_EQ(batch[2].sequence, first[1].sequence);
+  EXPECT_EQ(batch[17].sequence, first[0].sequence);
+  EXPECT_EQ(batch[4].sequence, batch[3].sequence) << "the repeated id has the first one's place";
+  EXPECT_FALSE(leased[2]);
+  EXPECT_FALSE(leased[4]);
+  EXPECT_FALSE(leased[17]);
+  EXPECT_EQ(std::count(leased.begin(), leased.end(), true), 18);
+  for (std::size_t i = 0; i < batch.size(); ++i) {
+    if (i == 2 || i == 4 || i == 17) continue;
+    EXPECT_TRUE(leased[i]) << i;
+    EXPECT_GT(batch[i].sequence, first[1].sequence) << i;
+  }
+  EXPECT_EQ(store->counts(t0_).pending, 20u);
+  EXPECT_EQ(store->counts(t0_).in_flight, 18u);
+  // The stored ones were not leased by the retry: a claim hands them out.
+  EXPECT_EQ(store->claim(claim_at(t0_, "w2")).size(), 2u);
+}
+
+TEST_F(sqlite_store, results_across_statement_chunks_update_each_message) {
+  auto store = open();
+  std::vector<message> batch;
+  for (int i = 0; i < 22; ++i) batch.push_back(make_message("m" + std::to_string(i), "s1", t0_));
+  batch.push_back(make_message("gone", "s2", t0_));
+  store->enqueue(batch);
+  auto claimed = store->claim(claim_at(t0_, "w1", 100));
+  ASSERT_EQ(claimed.size(), 23u);
+  store->dead_letter("gone", "given up", nullptr);
+  std::vector<attempt_result> results;
+  for (int i = 0; i < 22; ++i) {
+    const auto& m = batch[static_cast<std::size_t>(i)];
+    if (i % 3 == 0) {
+      results.push_back(
+          {m.id, t0_ + std::chrono::seconds(10 + i), make_attempt(m, 1, 500 + i, t0_ + 1s, false)});
+    } else {
+      results.push_back({m.id, std::nullopt, make_attempt(m, 1, 200 + i, t0_ + 1s, true)});
+    }
+  }
+  // A retry for a message no longer pending records its attempt and changes nothing else; a
+  // result for an unknown message records nothing.
+  results.push_back({"gone", t0_ + 10s, make_attempt(batch[22], 2, 503, t0_ + 1s, false)});
+  results.push_back({"nobody", std::nullopt, make_attempt(batch[0], 1, 200, t0_ + 1s, true)});
+  store->record_results(results);
+  for (int i = 0; i < 22; ++i) {
+    const auto m = *store->get("m" + std::to_string(i));
+    EXPECT_EQ(m.attempts, 1) << m.id;
+    if (i % 3 == 0) {
+      EXPECT_EQ(m.status, message_status::pending) << m.id;
+      EXPECT_EQ(m.last_status, 500 + i) << m.id;
+      EXPECT_EQ(m.last_error, "HTTP " + std::to_string(500 + i)) << m.id;
+      EXPECT_EQ(m.next_attempt_at, t0_ + std::chrono::seconds(10 + i)) << m.id;
+    } else {
+      EXPECT_EQ(m.status, message_status::delivered) << m.id;
+      EXPECT_EQ(m.last_status, 200 + i) << m.id;
+    }
+  }
+  const auto gone = *store->get("gone");
+  EXPECT_EQ(gone.status, message_status::dead);
+  EXPECT_EQ(gone.last_error, "given up");
+  EXPECT_FALSE(store->get("nobody"));
+  const auto log = store->attempts(attempt_query{});
+  ASSERT_EQ(log.size(), 23u);
+  for (std::size_t i = 0; i < 22; ++i) EXPECT_EQ(log[i].message_id, batch[i].id) << "in order";
+  EXPECT_EQ(log[22].message_id, "gone");
+  EXPECT_EQ(store->stats("s1").calls, 22u);
+  EXPECT_EQ(store->stats("s1").failures, 8u);
+  EXPECT_EQ(store->stats("s2").calls, 1u);
+  EXPECT_EQ(store->counts(t0_ + 2s).in_flight, 0u);
+}
+
+TEST_F(sqlite_store, two_results_for_one_message_in_a_batch_apply_in_order) {
+  auto store = open();
+  std::vector<message> batch{make_message("a", "s1", t0_), make_message("b", "s1", t0_)};
+  store->enqueue(batch);
+  ASSERT_EQ(store->claim(claim_at(t0_)).size(), 2u);
+  std::vector<attempt_result> results;
+  results.push_back({"a", t0_ + 5s, make_attempt(batch[0], 1, 503, t0_ + 1s, false)});
+  results.push_back({"b", std::nullopt, make_attempt(batch[1], 1, 200, t0_ + 1s, true)});
+  results.push_back({"a", std::nullopt, make_attempt(batch[0], 2, 204, t0_ + 6s, true)});
+  store->record_results(results);
+  const auto a = *store->get("a");
+  EXPECT_EQ(a.status, message_status::delivered);
+  EXPECT_EQ(a.attempts, 2);
+  EXPECT_EQ(a.last_status, 204);
+  EXPECT_EQ(store->get("b")->status, message_status::delivered);
+  attempt_query q;
+  q.message_id = "a";
+  EXPECT_EQ(store->attempts(q).size(), 2u);
+}
+
 }  // namespace
 }  // namespace hookline

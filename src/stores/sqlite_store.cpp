@@ -13,6 +13,7 @@
 #include <map>
 #include <mutex>
 #include <optional>
+#include <span>
 #include <string_view>
 #include <type_traits>
 #include <unordered_map>
@@ -364,6 +365,51 @@ sqlite_location parse_location(const std::string& spec) {
   return loc;
 }
 
+/// One statement over several rows, prepared for chunks of 16, 4 and 1 rows: every
+/// statement run costs SQLite a dozen allocations (its cursors and record buffers), whatever
+/// the number of rows it writes.
+class multi_row_sql {
+ public:
+  static constexpr std::size_t kSizes[] = {16, 4, 1};
+  /// `head` + "(?F+1, ..., ?F+columns<row_tail>), (...)" + `tail`, where F is `first` (the
+  /// parameters before the rows').
+  multi_row_sql(const std::string& head, int columns, const std::string& tail, int first = 0,
+                const std::string& row_tail = "")
+      : columns_(columns), first_(first) {
+    for (std::size_t k = 0; k < std::size(kSizes); ++k) {
+      std::string sql = head;
+      int p = first;
+      for (std::size_t r = 0; r < kSizes[k]; ++r) {
+        sql += r == 0 ? "(" : ", (";
+        for (int c = 0; c < columns; ++c) {
+          if (c > 0) sql += ", ";
+          sql += "?" + std::to_string(++p);
+        }
+        sql += row_tail + ")";
+      }
+      text_[k] = sql + tail;
+    }
+  }
+  /// The largest chunk size that `left` rows fill.
+  static std::size_t rows_for(std::size_t left) {
+    for (auto k : kSizes)
+      if (left >= k) return k;
+    return 1;
+  }
+  const std::string& text(std::size_t rows) const {
+    for (std::size_t k = 0; k < std::size(kSizes); ++k)
+      if (kSizes[k] == rows) return text_[k];
+    return text_[std::size(kSizes) - 1];
+  }
+  int columns() const { return columns_; }
+  int first() const { return first_; }
+
+ private:
+  int columns_;
+  int first_;
+  std::string text_[std::size(kSizes)];
+};
+
 class sqlite_store final : public delivery_store {
  public:
   sqlite_store(const std::string& spec, const store_options& options)
@@ -423,38 +469,63 @@ class sqlite_store final : public delivery_store {
     write(true, "enqueue", [&] {
       // Chosen afresh when a failed group batch runs this write again on its own.
       if (lease != nullptr) leased = leased_by_publisher(batch, lease->count);
-      for (std::size_t i = 0; i < batch.size(); ++i) {
-        auto& m = batch[i];
-        m.status = message_status::pending;
-        if (m.updated_at == time_point{}) m.updated_at = m.created_at;
-        auto ins = writer_->use(
-            "INSERT INTO messages(id, subscription_id, event_id, event_name, url, http_method, "
-            "body, ordered, status, attempts, created_at, next_attempt_at, updated_at, "
-            "last_status, last_error, lease_owner, lease_until) VALUES(?1, ?2, ?3, ?4, ?5, ?6, "
-            "?7, ?8, 'pending', ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16) ON CONFLICT(id) DO NOTHING");
-        ins->bind(1, m.id).bind(2, m.subscription_id).bind(3, m.event_id).bind(4, m.event_name);
-        ins->bind(5, m.url).bind(6, m.http_method).bind_blob(7, m.body).bind(8, m.ordered);
-        ins->bind(9, m.attempts).bind(10, to_ns(m.created_at)).bind(11, to_ns(m.next_attempt_at));
-        ins->bind(12, to_ns(m.updated_at)).bind(13, m.last_status).bind(14, m.last_error);
-        if (!leased.empty() && leased[i]) {
-          ins->bind(15, lease->worker_id).bind(16, to_ns(lease->until));
-        }  // else both stay NULL (bindings are cleared after every use)
-        // Not `RETURNING sequence`: SQLite buffers returned rows in a temporary table, built
-        // for every row. The rowid of a row just inserted is the connection's last one.
-        ins->run();
-        if (writer_->changes() == 1) {
-          m.sequence = writer_->last_rowid();
-        } else {
-          // Already stored (an enqueue retried by the host): keep the stored position; it is
-          // not ours to deliver.
-          if (!leased.empty()) leased[i] = false;
-          auto q = writer_->use("SELECT sequence FROM messages WHERE id = ?1");
-          q->bind(1, m.id);
-          if (q->step()) m.sequence = q->i64(0);
-        }
-      }
+      // The status is a literal: the partial indexes' conditions are then known when the
+      // statement is prepared.
+      static const multi_row_sql sql(
+          "INSERT INTO messages(id, subscription_id, event_id, event_name, url, http_method, body, "
+          "ordered, attempts, created_at, next_attempt_at, updated_at, last_status, last_error, "
+          "lease_owner, lease_until, status) VALUES",
+          16, " ON CONFLICT(id) DO NOTHING", 0, ", 'pending'");
+      for_each_chunk(
+          batch.size(), sql, [](statement&) {},
+          [&](statement& s, int b, std::size_t i) {
+            auto& m = batch[i];
+            m.status = message_status::pending;
+            if (m.updated_at == time_point{}) m.updated_at = m.created_at;
+            s.bind(b + 1, m.id).bind(b + 2, m.subscription_id).bind(b + 3, m.event_id);
+            s.bind(b + 4, m.event_name).bind(b + 5, m.url).bind(b + 6, m.http_method);
+            s.bind_blob(b + 7, m.body).bind(b + 8, m.ordered).bind(b + 9, m.attempts);
+            s.bind(b + 10, to_ns(m.created_at)).bind(b + 11, to_ns(m.next_attempt_at));
+            s.bind(b + 12, to_ns(m.updated_at)).bind(b + 13, m.last_status);
+            s.bind(b + 14, m.last_error);
+            if (!leased.empty() && leased[i]) {
+              s.bind(b + 15, lease->worker_id).bind(b + 16, to_ns(lease->until));
+            }  // else both stay NULL (bindings are cleared after every use)
+          },
+          [&](std::size_t first, std::size_t rows) {
+            number_inserted(batch, leased, first, rows);
+          });
     });
     return leased;
+  }
+
+  // After a multi-row insert of batch[first, first + rows): each message's sequence. Not
+  // `RETURNING sequence`: SQLite buffers returned rows in a temporary table. The rows inserted
+  // got consecutive rowids ending at the connection's last one; a message whose id was already
+  // stored (an enqueue retried by the host) keeps the stored position and is not ours to
+  // deliver.
+  void number_inserted(std::vector<message>& batch, std::vector<bool>& leased, std::size_t first,
+                       std::size_t rows) {
+    const std::int64_t inserted = writer_->changes();
+    const std::int64_t last = writer_->last_rowid();
+    if (inserted == static_cast<std::int64_t>(rows)) {
+      for (std::size_t r = 0; r < rows; ++r)
+        batch[first + r].sequence = last - static_cast<std::int64_t>(rows - 1 - r);
+      return;
+    }
+    // Rows inserted now have sequences above every row stored before the statement.
+    const std::int64_t before = inserted > 0 ? last - inserted : INT64_MAX;
+    for (std::size_t r = 0; r < rows; ++r) {
+      auto& m = batch[first + r];
+      auto q = writer_->use("SELECT sequence FROM messages WHERE id = ?1");
+      q->bind(1, m.id);
+      m.sequence = q->step() ? q->i64(0) : 0;
+      bool ours = m.sequence > before;
+      // The same id twice in one statement: only its first row was inserted.
+      for (std::size_t e = 0; ours && e < r; ++e)
+        if (batch[first + e].sequence == m.sequence) ours = false;
+      if (!ours && !leased.empty()) leased[first + r] = false;
+    }
   }
 
   std::vector<message> claim(const claim_request& req) override {
@@ -476,12 +547,12 @@ class sqlite_store final : public delivery_store {
         while (s->step()) out.push_back(read_message(*s));
       }
       const std::int64_t until = to_ns(req.now + req.lease);
-      for (const auto& m : out) {
-        auto u = writer_->use(
-            "UPDATE messages SET lease_owner = ?1, lease_until = ?2 WHERE sequence = ?3");
-        u->bind(1, req.worker_id).bind(2, until).bind(3, m.sequence);
-        u->run();
-      }
+      static const multi_row_sql lease(
+          "UPDATE messages SET lease_owner = ?1, lease_until = ?2 WHERE sequence IN (", 1, ")", 2);
+      for_each_chunk(
+          out.size(), lease, [&](statement& s) { s.bind(1, req.worker_id).bind(2, until); },
+          [&](statement& s, int b, std::size_t i) { s.bind(b + 1, out[i].sequence); },
+          [](std::size_t, std::size_t) {});
     });
     std::sort(out.begin(), out.end(), [](const message& a, const message& b) {
       if (a.next_attempt_at != b.next_attempt_at) return a.next_attempt_at < b.next_attempt_at;
@@ -498,25 +569,36 @@ class sqlite_store final : public delivery_store {
     post("reschedule", [this, id, next, a] { write_reschedule(id, next, a); });
   }
 
-  // One committer operation for the whole batch, and one statistics update per subscription.
+  /// What record_results() writes after its message updates: the attempts to insert and the
+  /// statistics per subscription.
+  struct result_sink {
+    std::vector<const attempt_record*> attempts;
+    std::map<std::string, stats_delta> stats;
+  };
+
+  // One committer operation for the whole batch, its attempts inserted several rows per
+  // statement, and one statistics update per subscription. The message updates stay one
+  // statement each: `UPDATE ... FROM (VALUES ...)` materialises its rows in a temporary table
+  // whose fresh pages cost more (page faults) than the statements it saves.
   void record_results(std::vector<attempt_result>& results) override {
     if (results.empty()) return;
     post("record_results", [this, batch = std::move(results)] {
-      std::map<std::string, stats_delta> stats;
+      result_sink sink;
+      sink.attempts.reserve(batch.size());
       for (const auto& r : batch) {
         if (r.retry_at) {
-          write_reschedule(r.message_id, *r.retry_at, r.attempt, &stats);
+          write_reschedule(r.message_id, *r.retry_at, r.attempt, &sink);
         } else {
-          write_complete(r.message_id, r.attempt, &stats);
+          write_complete(r.message_id, r.attempt, &sink);
         }
       }
-      for (const auto& [subscription_id, d] : stats) add_stats(subscription_id, d);
+      insert_attempts(sink.attempts);
+      for (const auto& [subscription_id, d] : sink.stats) add_stats(subscription_id, d);
     });
     results.clear();
   }
 
-  void write_complete(const std::string& id, const attempt_record& a,
-                      std::map<std::string, stats_delta>* stats = nullptr) {
+  void write_complete(const std::string& id, const attempt_record& a, result_sink* sink = nullptr) {
     auto s = writer_->use(
         "UPDATE messages SET status = 'delivered', lease_owner = NULL, lease_until = NULL, "
         "attempts = CASE WHEN ?2 > 0 THEN max(attempts, ?2) ELSE attempts + 1 END, "
@@ -524,11 +606,11 @@ class sqlite_store final : public delivery_store {
     s->bind(1, id).bind(2, a.attempt).bind(3, a.status_code).bind(4, a.error);
     s->bind(5, to_ns(attempt_end(a)));
     s->run();
-    record_if_known(id, a, stats);
+    record_if_known(id, a, sink);
   }
 
   void write_reschedule(const std::string& id, time_point next, const attempt_record& a,
-                        std::map<std::string, stats_delta>* stats = nullptr) {
+                        result_sink* sink = nullptr) {
     auto s = writer_->use(
         "UPDATE messages SET next_attempt_at = ?5, lease_owner = NULL, lease_until = NULL, "
         "attempts = CASE WHEN ?2 > 0 THEN max(attempts, ?2) ELSE attempts + 1 END, "
@@ -537,19 +619,29 @@ class sqlite_store final : public delivery_store {
     s->bind(1, id).bind(2, a.attempt).bind(3, a.status_code).bind(4, a.error);
     s->bind(5, to_ns(next)).bind(6, to_ns(attempt_end(a)));
     s->run();
-    record_if_known(id, a, stats);
+    record_if_known(id, a, sink);
   }
 
   // Right after the UPDATE of message `id`: its attempt is recorded when the message exists
   // (updated, or no longer pending), not for an unknown id (like the other stores).
+  // With a sink the attempt is only collected (record_results() inserts them together).
   void record_if_known(const std::string& id, const attempt_record& a,
-                       std::map<std::string, stats_delta>* stats = nullptr) {
+                       result_sink* sink = nullptr) {
     if (writer_->changes() == 0) {
       auto q = writer_->use("SELECT 1 FROM messages WHERE id = ?1");
       q->bind(1, id);
       if (!q->step()) return;
     }
-    record_attempt(a, stats);
+    if (sink != nullptr) {
+      sink->attempts.push_back(&a);
+      sink->stats[a.subscription_id].add(a);
+      return;
+    }
+    const attempt_record* one[] = {&a};
+    insert_attempts(one);
+    stats_delta d;
+    d.add(a);
+    add_stats(a.subscription_id, d);
   }
 
   void dead_letter(const std::string& id, const std::string& reason,
@@ -926,29 +1018,45 @@ class sqlite_store final : public delivery_store {
     return f();
   }
 
-  // Inserts the attempt; its statistics go into `stats` (written later, once per subscription)
-  // or, without it, straight to the table.
-  void record_attempt(const attempt_record& a,
-                      std::map<std::string, stats_delta>* stats = nullptr) {
-    {
-      static const std::string sql = std::string("INSERT INTO attempts(") + kAttemptColumns +
-                                     ") VALUES(?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, "
-                                     "?13, ?14, ?15)";
-      auto s = writer_->use(sql);
-      s->bind(1, a.message_id).bind(2, a.subscription_id).bind(3, a.event_id);
-      s->bind(4, a.event_name).bind(5, a.url).bind(6, a.http_method).bind(7, a.attempt);
-      s->bind(8, to_ns(a.started_at)).bind(9, static_cast<std::int64_t>(a.duration.count()));
-      s->bind(10, a.status_code).bind(11, a.error).bind(12, a.request_length);
-      s->bind(13, a.response_length).bind(14, a.response_head).bind(15, a.success);
+  // Inserts the attempts in order, up to 16 rows per statement.
+  void insert_attempts(std::span<const attempt_record* const> all) {
+    static const multi_row_sql sql(
+        std::string("INSERT INTO attempts(") + kAttemptColumns + ") VALUES", 15, "");
+    for_each_chunk(all.size(), sql, [&](statement& s, int base, std::size_t i) {
+      const attempt_record& a = *all[i];
+      s.bind(base + 1, a.message_id).bind(base + 2, a.subscription_id).bind(base + 3, a.event_id);
+      s.bind(base + 4, a.event_name).bind(base + 5, a.url).bind(base + 6, a.http_method);
+      s.bind(base + 7, a.attempt).bind(base + 8, to_ns(a.started_at));
+      s.bind(base + 9, static_cast<std::int64_t>(a.duration.count()));
+      s.bind(base + 10, a.status_code).bind(base + 11, a.error).bind(base + 12, a.request_length);
+      s.bind(base + 13, a.response_length).bind(base + 14, a.response_head);
+      s.bind(base + 15, a.success);
+    });
+  }
+
+  // Runs `sql` for rows [0, n): as many full chunks as fit, then smaller ones. shared(s) binds
+  // the parameters before the rows'; bind_row(s, base, i) binds row i's as ?base+1.. ;
+  // after(chunk_start, chunk_rows) runs after each statement (while changes() is its count).
+  template <class Shared, class BindRow, class After>
+  void for_each_chunk(std::size_t n, const multi_row_sql& sql, Shared&& shared, BindRow&& bind_row,
+                      After&& after) {
+    std::size_t i = 0;
+    while (i < n) {
+      const std::size_t rows = multi_row_sql::rows_for(n - i);
+      auto s = writer_->use(sql.text(rows));
+      shared(*s);
+      for (std::size_t r = 0; r < rows; ++r)
+        bind_row(*s, sql.first() + static_cast<int>(r) * sql.columns(), i + r);
       s->run();
+      after(i, rows);
+      i += rows;
     }
-    if (stats != nullptr) {
-      (*stats)[a.subscription_id].add(a);
-      return;
-    }
-    stats_delta d;
-    d.add(a);
-    add_stats(a.subscription_id, d);
+  }
+  template <class BindRow>
+  void for_each_chunk(std::size_t n, const multi_row_sql& sql, BindRow&& bind_row) {
+    for_each_chunk(
+        n, sql, [](statement&) {}, std::forward<BindRow>(bind_row),
+        [](std::size_t, std::size_t) {});
   }
 
   void add_stats(const std::string& subscription_id, const stats_delta& d) {
