@@ -303,66 +303,26 @@ namespace {
 
 /// Forwards to a real store and counts how messages reached the dispatcher: claimed from the
 /// store, or stored leased at publish and handed over.
-class counting_store final : public delivery_store {
+class counting_store final : public forwarding_store {
  public:
-  explicit counting_store(std::shared_ptr<delivery_store> inner) : inner_(std::move(inner)) {}
-  std::atomic<std::size_t> claimed{0}, leased_at_publish{0};
+  using forwarding_store::forwarding_store;
+  std::atomic<std::size_t> claimed{0}, leased_at_publish{0}, full_counts{0};
 
-  void enqueue(std::vector<message>& batch) override { inner_->enqueue(batch); }
   std::vector<bool> enqueue_claimed(std::vector<message>& batch,
                                     const enqueue_lease& lease) override {
-    auto leased = inner_->enqueue_claimed(batch, lease);
+    auto leased = forwarding_store::enqueue_claimed(batch, lease);
     for (bool b : leased) leased_at_publish += b ? 1 : 0;
     return leased;
   }
   std::vector<message> claim(const claim_request& req) override {
-    auto got = inner_->claim(req);
+    auto got = forwarding_store::claim(req);
     claimed += got.size();
     return got;
   }
-  std::atomic<std::size_t> full_counts{0};
   store_counts counts(time_point now) override {
     ++full_counts;
-    return inner_->counts(now);
+    return forwarding_store::counts(now);
   }
-  std::size_t count_pending(time_point now) override { return inner_->count_pending(now); }
-  void complete(const std::string& id, const attempt_record& a) override {
-    inner_->complete(id, a);
-  }
-  void reschedule(const std::string& id, time_point next, const attempt_record& a) override {
-    inner_->reschedule(id, next, a);
-  }
-  void record_results(std::vector<attempt_result>& results) override {
-    inner_->record_results(results);
-  }
-  void dead_letter(const std::string& id, const std::string& reason,
-                   const attempt_record* a) override {
-    inner_->dead_letter(id, reason, a);
-  }
-  void release(const std::string& id, time_point next) override { inner_->release(id, next); }
-  void release_if_held(const std::string& id, const std::string& worker, time_point next) override {
-    inner_->release_if_held(id, worker, next);
-  }
-  std::size_t release_worker(const std::string& w) override { return inner_->release_worker(w); }
-  bool redeliver(const std::string& id, time_point now) override {
-    return inner_->redeliver(id, now);
-  }
-  std::size_t recover(const std::string& s, time_point since, time_point now) override {
-    return inner_->recover(s, since, now);
-  }
-  std::optional<message> get(const std::string& id) override { return inner_->get(id); }
-  std::vector<message> query(const message_query& q) override { return inner_->query(q); }
-  std::vector<attempt_record> attempts(const attempt_query& q) override {
-    return inner_->attempts(q);
-  }
-  subscription_stats stats(const std::string& s) override { return inner_->stats(s); }
-  std::optional<time_point> next_due(time_point now) override { return inner_->next_due(now); }
-  void save_state(const subscription_state& s) override { inner_->save_state(s); }
-  std::vector<subscription_state> load_states() override { return inner_->load_states(); }
-  std::size_t prune(time_point before) override { return inner_->prune(before); }
-
- private:
-  std::shared_ptr<delivery_store> inner_;
 };
 
 }  // namespace
