@@ -26,6 +26,9 @@ constexpr std::size_t poll_engine_limit = 256;
 constexpr milliseconds inbox_backlog{100};
 // A fast endpoint may queue here what it sends in this long (queue_limit()).
 constexpr milliseconds queue_drain{250};
+// An endpoint silent for longer than this (and ten times its usual answer time) while it has
+// requests out gives back the handed-over messages waiting for it.
+constexpr milliseconds stall_floor{200};
 // Requests handed to the transport per running slot, in total and per endpoint. The transport
 // runs at most max_in_flight (endpoint_concurrency per endpoint) at once and starts the next
 // waiting one the moment a slot frees, so the slots stay busy while this thread handles
@@ -231,7 +234,8 @@ void dispatcher::run() {
       handed.swap(sh.handed);
       if (sh.store_changed) due_known_ = false;  // a publish that was not handed over, a replay
       sh.store_changed = false;
-      sh.held = in_flight_ + waiting_ + parked_count_ + inbox_.size() + handed.size();
+      sh.held =
+          in_flight_ + waiting_ + parked_count_ + overflow_count_ + inbox_.size() + handed.size();
       sh.woken = false;
       stopping = sh.stopping;
       drain_deadline = sh.drain_deadline;
@@ -267,7 +271,7 @@ void dispatcher::run() {
     }
     // Everything this turn started goes to the transport at once: one lock, one wake-up.
     if (!outbox_.empty()) transport_->submit(std::move(outbox_));
-    busy_.store(in_flight_ + waiting_ + parked_count_ + inbox_.size());
+    busy_.store(in_flight_ + waiting_ + parked_count_ + overflow_count_ + inbox_.size());
     if (!done.empty() && ctx_.on_progress) ctx_.on_progress();
 
     milliseconds wait = max_poll;
@@ -298,7 +302,7 @@ void dispatcher::run() {
         std::lock_guard lock(sh.mutex);
         news = sh.woken || !sh.completions.empty() || !sh.handed.empty() || sh.reserved > 0;
       }
-      if (wait.count() > 0 && in_flight_ == 0 && waiting_ == 0 && !news) {
+      if (wait.count() > 0 && in_flight_ == 0 && waiting_ == 0 && overflow_count_ == 0 && !news) {
         // Nothing here can complete, so listening for another process's NOTIFY costs no local
         // latency except a publish from this process while we listen (bounded by `wait`).
         const auto t0 = steady::now();
@@ -419,12 +423,12 @@ void dispatcher::take_inbox(time_point now, std::size_t limit) {
     handed_message h = std::move(inbox_.front());
     inbox_.pop_front();
     // Leased since it was stored: the hold counts from then, like a claim's.
-    route(std::move(h.msg), snap, now, std::min(h.leased_at, now));
+    route(std::move(h.msg), snap, now, std::min(h.leased_at, now), true);
   }
 }
 
 void dispatcher::route(message m, const std::shared_ptr<const snapshot>& snap, time_point now,
-                       std::optional<time_point> claimed) {
+                       std::optional<time_point> claimed, bool handed) {
   if (draining_) {
     give_back(m.id, now);  // stopping: nothing new starts
     return;
@@ -461,10 +465,11 @@ void dispatcher::route(message m, const std::shared_ptr<const snapshot>& snap, t
     ep.breaker.configure(breaker_options_);
     ep.id = next_endpoint_id_++;
   }
-  offer(key, ep, waiting{std::move(m), std::move(sub), claimed.value_or(now)}, now);
+  offer(key, ep, waiting{std::move(m), std::move(sub), claimed.value_or(now)}, now, handed);
 }
 
-void dispatcher::offer(const std::string& key, endpoint& ep, waiting w, time_point now) {
+void dispatcher::offer(const std::string& key, endpoint& ep, waiting w, time_point now,
+                       bool handed) {
   if (w.claimed + hold_ <= now) {
     defer(w, now);  // held (parked) long enough that its lease is at risk: give it back
     return;
@@ -472,6 +477,17 @@ void dispatcher::offer(const std::string& key, endpoint& ep, waiting w, time_poi
   if (ep.queue.empty() && try_send(key, ep, w, now)) return;
   if (ep.breaker.is_open(now)) {
     defer(w, ep.breaker.open_until());
+    return;
+  }
+  // A handed-over message is already here: while its endpoint answers, it waits for room
+  // rather than going to the store and back. On a loaded machine a fast endpoint's queue limit
+  // falls and rises with the time the process gets a core; sending what did not fit back to the
+  // store (due after everything sent back before it) left the endpoint idle for seconds.
+  if (handed && (!ep.overflow.empty() || ep.queue.size() >= queue_limit(ep, now)) &&
+      !stalled(ep, now)) {
+    ep.overflow.push_back(std::move(w));
+    ++overflow_count_;
+    waiting_endpoints_.insert(key);
     return;
   }
   if (ep.queue.size() < queue_limit(ep, now)) {
@@ -483,22 +499,38 @@ void dispatcher::offer(const std::string& key, endpoint& ep, waiting w, time_poi
   send_back_later(ep, w, now);
 }
 
+bool dispatcher::stalled(const endpoint& ep, time_point now) const {
+  if (ep.started.empty()) return false;
+  const auto quiet = now - std::max(ep.last_answer, *ep.started.begin());
+  return quiet > std::max<duration>(
+                     stall_floor, duration_cast<duration>(std::chrono::duration<double, std::milli>(
+                                      10.0 * ep.latency_ms)));
+}
+
 void dispatcher::send_back_later(endpoint& ep, waiting& w, time_point now) {
   // The endpoint's queue is full: back to the store, due about when the endpoint should have
-  // room, spread so they do not all return at once.
-  const double ahead = double(ep.queue.size() + ep.deferred);
+  // room: after its queue, and one slot's turn after the last message sent back while that one
+  // is still ahead, so they do not all return at once. Not after every message ever sent back:
+  // during a long burst the queue never empties, and that count pushed the due times ever
+  // further out (seconds, for a local endpoint on a loaded machine, which then sat idle).
+  const auto queued = static_cast<std::int64_t>(ep.queue.size());
   time_point at;
   if (!ep.bucket.available(now)) {
-    at = ep.bucket.next_token(now) + duration_cast<time_point::duration>(
-                                         std::chrono::duration<double>(ahead / ep.bucket.rate()));
+    const auto step =
+        duration_cast<duration>(std::chrono::duration<double>(1.0 / ep.bucket.rate()));
+    at = std::max(ep.bucket.next_token(now) + step * queued, ep.deferred_until + step);
   } else {
+    // The measured answer time while the endpoint answers: the age of the oldest request in
+    // flight includes its wait for a slot, about twice that for a busy healthy endpoint.
+    const double latency_ms =
+        ep.latency_ms > 0 && !stalled(ep, now) ? ep.latency_ms : expected_latency_ms(ep, now);
     const double slots = double(std::max<std::size_t>(1, ctx_.delivery.endpoint_concurrency));
-    const double wait_ms =
-        std::min(expected_latency_ms(ep, now) * (ahead / slots + 1.0), double(lease_.count()));
-    at = now + duration_cast<time_point::duration>(
-                   std::chrono::duration<double, std::milli>(std::max(wait_ms, 10.0)));
+    const auto step =
+        duration_cast<duration>(std::chrono::duration<double, std::milli>(latency_ms / slots));
+    at = std::max(now + step * (queued + 1), ep.deferred_until + step);
+    at = std::clamp<time_point>(at, now + milliseconds(10), now + lease_);
   }
-  ++ep.deferred;
+  ep.deferred_until = at;
   defer(w, at);
 }
 
@@ -641,12 +673,33 @@ void dispatcher::pump(time_point now) {
     // do not hold the room other endpoints need. Only once the queue is twice what it would
     // send in queue_drain: an endpoint a little slower than a moment ago must not churn its
     // queue through the store.
-    if (const auto limit = queue_limit(ep, now); ep.queue.size() > 2 * limit) {
+    const auto limit = queue_limit(ep, now);
+    if (ep.queue.size() > 2 * limit) {
       while (ep.queue.size() > limit) {
         waiting w = std::move(ep.queue.back());
         ep.queue.pop_back();
         --waiting_;
         send_back_later(ep, w, now);
+      }
+    }
+    // Handed-over messages move up as the queue makes room; an endpoint that stopped answering
+    // gives them back (newest first), and so does one whose lease on them is at risk.
+    const bool stuck = !ep.overflow.empty() && stalled(ep, now);
+    while (!ep.overflow.empty() &&
+           (stuck || ep.queue.size() < limit || ep.overflow.front().claimed + hold_ <= now)) {
+      waiting w = std::move(stuck ? ep.overflow.back() : ep.overflow.front());
+      if (stuck)
+        ep.overflow.pop_back();
+      else
+        ep.overflow.pop_front();
+      --overflow_count_;
+      if (stuck) {
+        send_back_later(ep, w, now);
+      } else if (w.claimed + hold_ <= now) {
+        defer(w, now);
+      } else {
+        ep.queue.push_back(std::move(w));
+        ++waiting_;
       }
     }
     while (!ep.queue.empty()) {
@@ -668,10 +721,7 @@ void dispatcher::pump(time_point now) {
         break;
       }
     }
-    if (ep.queue.empty()) {
-      waiting_endpoints_.erase(key);
-      ep.deferred = 0;
-    }
+    if (ep.queue.empty() && ep.overflow.empty()) waiting_endpoints_.erase(key);
   }
 }
 
@@ -907,7 +957,8 @@ void dispatcher::sweep(time_point now) {
   }
   for (auto it = endpoints_.begin(); it != endpoints_.end();) {
     const auto& ep = it->second;
-    if (ep.in_flight == 0 && ep.queue.empty() && ep.breaker.idle() && ep.last_used + idle_for < now)
+    if (ep.in_flight == 0 && ep.queue.empty() && ep.overflow.empty() && ep.breaker.idle() &&
+        ep.last_used + idle_for < now)
       it = endpoints_.erase(it);
     else
       ++it;
@@ -920,9 +971,12 @@ void dispatcher::drain_local(time_point now) {
     if (it == endpoints_.end()) continue;
     for (auto& w : it->second.queue) defer(w, now);
     it->second.queue.clear();
+    for (auto& w : it->second.overflow) defer(w, now);
+    it->second.overflow.clear();
   }
   waiting_endpoints_.clear();
   waiting_ = 0;
+  overflow_count_ = 0;
   for (const auto& h : inbox_) give_back(h.msg.id, now);
   inbox_.clear();
   for (auto& [sub, q] : parked_)
@@ -943,8 +997,13 @@ time_point dispatcher::next_wake(time_point now) {
   }
   for (const auto& key : waiting_endpoints_) {
     auto it = endpoints_.find(key);
-    if (it == endpoints_.end() || it->second.queue.empty()) continue;
+    if (it == endpoints_.end()) continue;
     const auto& ep = it->second;
+    if (!ep.overflow.empty()) {
+      at = std::min(at, ep.overflow.front().claimed + hold_);
+      if (ep.queue.size() < queue_limit(ep, now)) return now;  // room to move them up
+    }
+    if (ep.queue.empty()) continue;
     at = std::min(at, ep.queue.front().claimed + hold_);
     if (!ep.bucket.available(now)) at = std::min(at, ep.bucket.next_token(now));
     if (ep.breaker.is_open(now)) at = std::min(at, ep.breaker.open_until());

@@ -96,11 +96,14 @@ class dispatcher {
     std::size_t in_flight = 0;  // handed to the transport (waiting there or running)
     bool failing = false;       // the last outcome looked unhealthy
     std::deque<waiting> queue;  // claimed, waiting for a slot or a token
+    // Handed over by a publisher of this process while the queue was full: they wait here for
+    // room in the queue (pump()) instead of going back to the store. Bounded by handoff_cap_.
+    std::deque<waiting> overflow;
     circuit_breaker breaker;
     token_bucket bucket;
     double latency_ms = 0;              // moving average of completed requests, 0 = none yet
     std::multiset<time_point> started;  // of the requests in flight
-    std::size_t deferred = 0;
+    time_point deferred_until{};        // when the last message sent back to the store is due
     time_point last_used{};
     time_point last_answer{};  // of its last completed request (the hub's clock)
   };
@@ -109,9 +112,12 @@ class dispatcher {
   void turn(time_point now);
   void handle(http_response&& r, time_point now);
   /// `claimed`: when the message was claimed, if earlier than `now` (a parked message).
+  /// `handed`: handed over by a publisher (not claimed from the store).
   void route(message m, const std::shared_ptr<const snapshot>& snap, time_point now,
-             std::optional<time_point> claimed = std::nullopt);
-  void offer(const std::string& key, endpoint& ep, waiting w, time_point now);
+             std::optional<time_point> claimed = std::nullopt, bool handed = false);
+  void offer(const std::string& key, endpoint& ep, waiting w, time_point now, bool handed);
+  /// True when `ep` has had requests out and no answer for far longer than it takes to answer.
+  bool stalled(const endpoint& ep, time_point now) const;
   bool try_send(const std::string& key, endpoint& ep, waiting& w, time_point now);
   /// Back to the store, due about when `ep` should have room for it.
   void send_back_later(endpoint& ep, waiting& w, time_point now);
@@ -230,6 +236,7 @@ class dispatcher {
   std::size_t waiting_ = 0;
   std::mt19937_64 rng_;
   std::size_t parked_count_ = 0;
+  std::size_t overflow_count_ = 0;  // in all endpoints' overflow lists
   std::size_t deferrals_ = 0;
   std::size_t claim_limit_ = 256;
   std::chrono::steady_clock::time_point claim_pause_until_{};
