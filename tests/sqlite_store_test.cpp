@@ -398,6 +398,7 @@ TEST_F(sqlite_store, results_across_statement_chunks_update_each_message) {
   store->enqueue(batch);
   auto claimed = store->claim(claim_at(t0_, "w1", 100));
   ASSERT_EQ(claimed.size(), 23u);
+  EXPECT_EQ(store->counts(t0_).in_flight, 23u) << "every chunk's rows leased (16 + 4 + 1 + 1 + 1)";
   store->dead_letter("gone", "given up", nullptr);
   std::vector<attempt_result> results;
   for (int i = 0; i < 22; ++i) {

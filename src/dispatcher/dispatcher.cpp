@@ -28,7 +28,7 @@ constexpr milliseconds inbox_backlog{100};
 constexpr milliseconds queue_drain{250};
 // An endpoint silent for longer than this (and ten times its usual answer time) while it has
 // requests out gives back the handed-over messages waiting for it.
-constexpr milliseconds stall_floor{200};
+constexpr milliseconds stall_floor{500};
 // Requests handed to the transport per running slot, in total and per endpoint. The transport
 // runs at most max_in_flight (endpoint_concurrency per endpoint) at once and starts the next
 // waiting one the moment a slot frees, so the slots stay busy while this thread handles
@@ -484,7 +484,7 @@ void dispatcher::offer(const std::string& key, endpoint& ep, waiting w, time_poi
   // falls and rises with the time the process gets a core; sending what did not fit back to the
   // store (due after everything sent back before it) left the endpoint idle for seconds.
   if (handed && (!ep.overflow.empty() || ep.queue.size() >= queue_limit(ep, now)) &&
-      !stalled(ep, now)) {
+      can_hold(ep, now)) {
     ep.overflow.push_back(std::move(w));
     ++overflow_count_;
     waiting_endpoints_.insert(key);
@@ -497,6 +497,16 @@ void dispatcher::offer(const std::string& key, endpoint& ep, waiting w, time_poi
     return;
   }
   send_back_later(ep, w, now);
+}
+
+bool dispatcher::can_hold(const endpoint& ep, time_point now) const {
+  // Not a rate-limited endpoint, nor one too slow to send its queue and overflow well within
+  // hold_: what waits here longer only uses the hand-over room and goes back in the end.
+  if (ep.bucket.rate() > 0 || stalled(ep, now)) return false;
+  const double slots = double(std::max<std::size_t>(1, ctx_.delivery.endpoint_concurrency));
+  const double backlog = double(ep.queue.size() + ep.overflow.size() + 1);
+  return backlog * ep.latency_ms / slots <
+         std::chrono::duration<double, std::milli>(hold_).count() / 2;
 }
 
 bool dispatcher::stalled(const endpoint& ep, time_point now) const {
@@ -513,25 +523,28 @@ void dispatcher::send_back_later(endpoint& ep, waiting& w, time_point now) {
   // is still ahead, so they do not all return at once. Not after every message ever sent back:
   // during a long burst the queue never empties, and that count pushed the due times ever
   // further out (seconds, for a local endpoint on a loaded machine, which then sat idle).
-  const auto queued = static_cast<std::int64_t>(ep.queue.size());
+  const auto queued = static_cast<std::int64_t>(ep.queue.size() + ep.overflow.size());
   time_point at;
   if (!ep.bucket.available(now)) {
     const auto step =
         duration_cast<duration>(std::chrono::duration<double>(1.0 / ep.bucket.rate()));
     at = std::max(ep.bucket.next_token(now) + step * queued, ep.deferred_until + step);
   } else {
-    // The measured answer time while the endpoint answers: the age of the oldest request in
-    // flight includes its wait for a slot, about twice that for a busy healthy endpoint.
-    const double latency_ms =
-        ep.latency_ms > 0 && !stalled(ep, now) ? ep.latency_ms : expected_latency_ms(ep, now);
-    const double slots = double(std::max<std::size_t>(1, ctx_.delivery.endpoint_concurrency));
-    const auto step =
-        duration_cast<duration>(std::chrono::duration<double, std::milli>(latency_ms / slots));
+    const auto step = send_back_step(ep, now);
     at = std::max(now + step * (queued + 1), ep.deferred_until + step);
     at = std::clamp<time_point>(at, now + milliseconds(10), now + lease_);
   }
   ep.deferred_until = at;
   defer(w, at);
+}
+
+duration dispatcher::send_back_step(const endpoint& ep, time_point now) const {
+  // The measured answer time while the endpoint answers: the age of the oldest request in
+  // flight includes its wait for a slot, about twice that for a busy healthy endpoint.
+  const double latency_ms =
+      ep.latency_ms > 0 && !stalled(ep, now) ? ep.latency_ms : expected_latency_ms(ep, now);
+  const double slots = double(std::max<std::size_t>(1, ctx_.delivery.endpoint_concurrency));
+  return duration_cast<duration>(std::chrono::duration<double, std::milli>(latency_ms / slots));
 }
 
 double dispatcher::expected_latency_ms(const endpoint& ep, time_point now) const {
@@ -683,18 +696,19 @@ void dispatcher::pump(time_point now) {
       }
     }
     // Handed-over messages move up as the queue makes room; an endpoint that stopped answering
-    // gives them back (newest first), and so does one whose lease on them is at risk.
+    // gives them back (oldest due first, one slot's turn apart, not after the endpoint's
+    // earlier send-backs), and so does one whose lease on them is at risk.
     const bool stuck = !ep.overflow.empty() && stalled(ep, now);
+    const auto step = stuck ? send_back_step(ep, now) : duration{};
+    std::int64_t given_back = 0;
     while (!ep.overflow.empty() &&
            (stuck || ep.queue.size() < limit || ep.overflow.front().claimed + hold_ <= now)) {
-      waiting w = std::move(stuck ? ep.overflow.back() : ep.overflow.front());
-      if (stuck)
-        ep.overflow.pop_back();
-      else
-        ep.overflow.pop_front();
+      waiting w = std::move(ep.overflow.front());
+      ep.overflow.pop_front();
       --overflow_count_;
       if (stuck) {
-        send_back_later(ep, w, now);
+        defer(w, std::clamp<time_point>(now + step * ++given_back, now + milliseconds(10),
+                                        now + lease_));
       } else if (w.claimed + hold_ <= now) {
         defer(w, now);
       } else {
@@ -721,7 +735,10 @@ void dispatcher::pump(time_point now) {
         break;
       }
     }
-    if (ep.queue.empty() && ep.overflow.empty()) waiting_endpoints_.erase(key);
+    if (ep.queue.empty() && ep.overflow.empty()) {
+      waiting_endpoints_.erase(key);
+      ep.deferred_until = {};  // nothing of its burst is ahead any more
+    }
   }
 }
 

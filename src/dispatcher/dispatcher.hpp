@@ -118,6 +118,10 @@ class dispatcher {
   void offer(const std::string& key, endpoint& ep, waiting w, time_point now, bool handed);
   /// True when `ep` has had requests out and no answer for far longer than it takes to answer.
   bool stalled(const endpoint& ep, time_point now) const;
+  /// True when a handed-over message that does not fit `ep`'s queue may wait in its overflow.
+  bool can_hold(const endpoint& ep, time_point now) const;
+  /// How far apart messages sent back to the store for `ep` are due: one slot's turn.
+  duration send_back_step(const endpoint& ep, time_point now) const;
   bool try_send(const std::string& key, endpoint& ep, waiting& w, time_point now);
   /// Back to the store, due about when `ep` should have room for it.
   void send_back_later(endpoint& ep, waiting& w, time_point now);
