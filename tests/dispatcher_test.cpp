@@ -895,6 +895,9 @@ TEST(dispatcher, handed_over_messages_wait_for_room_with_an_endpoint_that_answer
   o.store_instance = store;
   o.delivery.max_in_flight = 64;
   o.delivery.endpoint_concurrency = 4;  // ~400/s: its queue may hold ~100 (250 ms)
+  // What an endpoint may hold beside its queue is what it sends in half of request_timeout +
+  // 5 s: with 20 s, room for the burst even if the warm-up's answer took 100 ms.
+  o.delivery.request_timeout = 20s;
   hub h(o);
   h.subscriptions().add(make_sub("steady", server.url("/steady")));
   constexpr std::size_t burst = 400;
@@ -908,6 +911,29 @@ TEST(dispatcher, handed_over_messages_wait_for_room_with_an_endpoint_that_answer
   EXPECT_EQ(h.counters().delivered, burst + 1);
   EXPECT_EQ(server.requests("/steady").size(), burst + 1);
   EXPECT_LT(store->releases, burst / 4) << "handed-over messages went back to the store";
+}
+
+// An endpoint whose first answer shows it cannot send what waits for it well within the time a
+// message may be held here gives its overflow back at once, rather than keeping it (and the
+// hand-over room) until each message's hold runs out.
+TEST(dispatcher, a_slow_endpoint_gives_back_the_overflow_it_cannot_send_in_time) {
+  test_server server;
+  server.set_default(response::slow(400ms, 204));
+  auto store = std::make_shared<release_counter>(make_store("memory:"));
+  auto o = fast_options();
+  o.store_instance = store;
+  o.delivery.endpoint_concurrency = 1;
+  o.delivery.request_timeout = 3s;  // a message may be held here for 8 s
+  hub h(o);
+  h.subscriptions().add(make_sub("slow", server.url("/slow")));
+  std::vector<event> events;
+  for (int i = 0; i < 100; ++i) events.push_back(make_event(std::to_string(i) + ".txt"));
+  h.publish(std::span<const event>(events));
+  // Unmeasured, the endpoint takes one in flight, 32 queued and the rest in its overflow; its
+  // first answer (400 ms for one slot) shows that even the queue needs 13 s.
+  EXPECT_TRUE(eventually([&] { return store->releases >= 60; }, 5s))
+      << "only " << store->releases << " given back";
+  h.stop(0ms);
 }
 
 // The long queue a fast endpoint may keep must not trap the room when that endpoint stops

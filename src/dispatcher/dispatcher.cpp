@@ -483,8 +483,9 @@ void dispatcher::offer(const std::string& key, endpoint& ep, waiting w, time_poi
   // rather than going to the store and back. On a loaded machine a fast endpoint's queue limit
   // falls and rises with the time the process gets a core; sending what did not fit back to the
   // store (due after everything sent back before it) left the endpoint idle for seconds.
+  ep.bucket.configure(w.sub->rate_limit, now);  // for can_hold(), before any send set it
   if (handed && (!ep.overflow.empty() || ep.queue.size() >= queue_limit(ep, now)) &&
-      can_hold(ep, now)) {
+      can_hold(ep, now, 1)) {
     ep.overflow.push_back(std::move(w));
     ++overflow_count_;
     waiting_endpoints_.insert(key);
@@ -499,12 +500,12 @@ void dispatcher::offer(const std::string& key, endpoint& ep, waiting w, time_poi
   send_back_later(ep, w, now);
 }
 
-bool dispatcher::can_hold(const endpoint& ep, time_point now) const {
+bool dispatcher::can_hold(const endpoint& ep, time_point now, std::size_t more) const {
   // Not a rate-limited endpoint, nor one too slow to send its queue and overflow well within
   // hold_: what waits here longer only uses the hand-over room and goes back in the end.
   if (ep.bucket.rate() > 0 || stalled(ep, now)) return false;
   const double slots = double(std::max<std::size_t>(1, ctx_.delivery.endpoint_concurrency));
-  const double backlog = double(ep.queue.size() + ep.overflow.size() + 1);
+  const double backlog = double(ep.queue.size() + ep.overflow.size() + more);
   return backlog * ep.latency_ms / slots <
          std::chrono::duration<double, std::milli>(hold_).count() / 2;
 }
@@ -687,6 +688,24 @@ void dispatcher::pump(time_point now) {
     // send in queue_drain: an endpoint a little slower than a moment ago must not churn its
     // queue through the store.
     const auto limit = queue_limit(ep, now);
+    // The overflow first: an endpoint that stopped answering gives it all back (oldest due
+    // first, one slot's turn apart, spread over at most half a lease, not after the endpoint's
+    // earlier send-backs); one that has become too slow to send it well within hold_ (its first
+    // answers measured, or a rate limit) gives back the newest until the rest fits.
+    if (!ep.overflow.empty() && stalled(ep, now)) {
+      const auto n = static_cast<std::int64_t>(ep.overflow.size());
+      const auto step = std::min(send_back_step(ep, now), duration(lease_) / (2 * n));
+      std::int64_t k = 0;
+      for (auto& w : ep.overflow) defer(w, std::max(now + step * ++k, now + milliseconds(10)));
+      overflow_count_ -= ep.overflow.size();
+      ep.overflow.clear();
+    }
+    while (!ep.overflow.empty() && !can_hold(ep, now, 0)) {
+      waiting w = std::move(ep.overflow.back());
+      ep.overflow.pop_back();
+      --overflow_count_;
+      send_back_later(ep, w, now);
+    }
     if (ep.queue.size() > 2 * limit) {
       while (ep.queue.size() > limit) {
         waiting w = std::move(ep.queue.back());
@@ -695,21 +714,14 @@ void dispatcher::pump(time_point now) {
         send_back_later(ep, w, now);
       }
     }
-    // Handed-over messages move up as the queue makes room; an endpoint that stopped answering
-    // gives them back (oldest due first, one slot's turn apart, not after the endpoint's
-    // earlier send-backs), and so does one whose lease on them is at risk.
-    const bool stuck = !ep.overflow.empty() && stalled(ep, now);
-    const auto step = stuck ? send_back_step(ep, now) : duration{};
-    std::int64_t given_back = 0;
+    // Handed-over messages move up as the queue makes room, or go back when their lease is at
+    // risk.
     while (!ep.overflow.empty() &&
-           (stuck || ep.queue.size() < limit || ep.overflow.front().claimed + hold_ <= now)) {
+           (ep.queue.size() < limit || ep.overflow.front().claimed + hold_ <= now)) {
       waiting w = std::move(ep.overflow.front());
       ep.overflow.pop_front();
       --overflow_count_;
-      if (stuck) {
-        defer(w, std::clamp<time_point>(now + step * ++given_back, now + milliseconds(10),
-                                        now + lease_));
-      } else if (w.claimed + hold_ <= now) {
+      if (w.claimed + hold_ <= now) {
         defer(w, now);
       } else {
         ep.queue.push_back(std::move(w));
@@ -735,10 +747,7 @@ void dispatcher::pump(time_point now) {
         break;
       }
     }
-    if (ep.queue.empty() && ep.overflow.empty()) {
-      waiting_endpoints_.erase(key);
-      ep.deferred_until = {};  // nothing of its burst is ahead any more
-    }
+    if (ep.queue.empty() && ep.overflow.empty()) waiting_endpoints_.erase(key);
   }
 }
 

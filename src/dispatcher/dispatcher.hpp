@@ -118,8 +118,8 @@ class dispatcher {
   void offer(const std::string& key, endpoint& ep, waiting w, time_point now, bool handed);
   /// True when `ep` has had requests out and no answer for far longer than it takes to answer.
   bool stalled(const endpoint& ep, time_point now) const;
-  /// True when a handed-over message that does not fit `ep`'s queue may wait in its overflow.
-  bool can_hold(const endpoint& ep, time_point now) const;
+  /// True when `ep`'s overflow may hold what it holds and `more` handed-over messages.
+  bool can_hold(const endpoint& ep, time_point now, std::size_t more) const;
   /// How far apart messages sent back to the store for `ep` are due: one slot's turn.
   duration send_back_step(const endpoint& ep, time_point now) const;
   bool try_send(const std::string& key, endpoint& ep, waiting& w, time_point now);
