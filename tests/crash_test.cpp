@@ -195,8 +195,9 @@ TEST_F(crash, sigkilled_dispatch_loses_nothing_it_committed) {
   std::size_t duplicates = 0;
   for (const auto& [id, n] : seen) duplicates += static_cast<std::size_t>(n - 1);
   // Requests handed to the transport at the kill (at most 2 x concurrency) and results not yet
-  // committed can be sent twice.
-  EXPECT_LE(duplicates, static_cast<std::size_t>(2 * concurrency + 64))
+  // committed (at most 512: the SQLite store holds the dispatcher back beyond that) can be sent
+  // twice. A sanitizer run, whose committer lags, saw 249.
+  EXPECT_LE(duplicates, static_cast<std::size_t>(2 * concurrency + 512))
       << duplicates << " duplicates";
   RecordProperty("duplicates", static_cast<int>(duplicates));
   RecordProperty("committed_before_kill", static_cast<int>(stored.size()));

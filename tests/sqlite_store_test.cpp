@@ -16,6 +16,7 @@
 #include "hookline/error.hpp"
 #include "hookline/store.hpp"
 #include "store_test_util.hpp"
+#include "stores/sql_common.hpp"
 #include "stores/sqlite_store.hpp"
 
 namespace hookline {
@@ -460,6 +461,30 @@ TEST_F(sqlite_store, two_results_for_one_message_in_a_batch_apply_in_order) {
   attempt_query q;
   q.message_id = "a";
   EXPECT_EQ(store->attempts(q).size(), 2u);
+}
+
+// Fire-and-forget writes (results) wait once the committer is behind by its cap, so a
+// dispatcher cannot run ahead of what the store has recorded (what a crash can send twice).
+TEST(group_committer, holds_fire_and_forget_writes_back_beyond_its_cap) {
+  std::atomic<int> committed{0};
+  detail::group_committer committer(
+      [&](std::vector<std::shared_ptr<detail::write_op>>& ops) {
+        std::this_thread::sleep_for(20ms);
+        for (auto& op : ops) op->run();
+        committed += static_cast<int>(ops.size());
+      },
+      std::make_shared<spdlog::logger>("test"), 2048, 100);
+  int most_ahead = 0;
+  for (int i = 1; i <= 6; ++i) {
+    auto op = std::make_shared<detail::write_op>();
+    op->run = [] {};
+    op->weight = 60;  // two do not fit under 100; one alone always goes
+    committer.submit(op);
+    most_ahead = std::max(most_ahead, i - committed.load());
+  }
+  committer.barrier();
+  EXPECT_EQ(committed.load(), 6);
+  EXPECT_LE(most_ahead, 1) << "writes beyond the cap were queued";
 }
 
 }  // namespace

@@ -108,9 +108,10 @@ inline void check_new_messages(const std::vector<message>& batch, const std::str
 /// One write for the committer thread; `run` executes inside the batch's transaction.
 struct write_op {
   std::function<void()> run;
-  bool durable = false;   ///< the commit that carries it must reach stable storage
-  bool waited = false;    ///< a caller waits for it (errors go to the caller, not the log)
-  const char* what = "";  ///< for the log when an unwaited op fails
+  bool durable = false;    ///< the commit that carries it must reach stable storage
+  bool waited = false;     ///< a caller waits for it (errors go to the caller, not the log)
+  std::size_t weight = 1;  ///< results it records (see group_committer's max_unwaited)
+  const char* what = "";   ///< for the log when an unwaited op fails
   // Completion, guarded by group_committer's mutex.
   bool done = false;
   std::exception_ptr error;
@@ -127,8 +128,15 @@ class group_committer {
   /// failure is reported by storing it in op->error (the batch function decides how to isolate).
   using batch_fn = std::function<void(std::vector<std::shared_ptr<write_op>>&)>;
 
-  group_committer(batch_fn fn, std::shared_ptr<spdlog::logger> log, std::size_t max_batch = 2048)
-      : fn_(std::move(fn)), log_(std::move(log)), max_batch_(max_batch) {
+  /// `max_unwaited`: with it, submit() waits while fire-and-forget writes of that total weight
+  /// are not yet committed (at least one always goes), so a caller delivering faster than the
+  /// store records cannot run ahead of it: what a crash can send twice stays bounded.
+  group_committer(batch_fn fn, std::shared_ptr<spdlog::logger> log, std::size_t max_batch = 2048,
+                  std::size_t max_unwaited = 0)
+      : fn_(std::move(fn)),
+        log_(std::move(log)),
+        max_batch_(max_batch),
+        max_unwaited_(max_unwaited) {
     thread_ = std::thread([this] {
       pthread_setname_np(pthread_self(), "hookline-commit");  // for top, perf and gdb
       loop();
@@ -158,7 +166,18 @@ class group_committer {
 
   void submit(std::shared_ptr<write_op> op) {
     std::unique_lock lock(mutex_);
-    push(lock, std::move(op));
+    if (max_unwaited_ > 0) {
+      done_cv_.wait(lock, [&] {
+        return stopping_ || unwaited_ == 0 || unwaited_ + op->weight <= max_unwaited_;
+      });
+    }
+    unwaited_ += op->weight;
+    try {
+      push(lock, std::move(op));
+    } catch (...) {
+      unwaited_ = 0;  // closed: nothing more is counted
+      throw;
+    }
   }
 
   /// Waits until every write submitted before this call is committed (or failed).
@@ -205,6 +224,7 @@ class group_committer {
         for (auto& op : batch) {
           if (failure && !op->error) op->error = failure;
           op->done = true;
+          if (!op->waited) unwaited_ -= std::min(unwaited_, op->weight);
         }
         finished_ += batch.size();
       }
@@ -230,6 +250,8 @@ class group_committer {
   batch_fn fn_;
   std::shared_ptr<spdlog::logger> log_;
   std::size_t max_batch_;
+  std::size_t max_unwaited_;
+  std::size_t unwaited_ = 0;  // weight of fire-and-forget writes not yet committed
   mutable std::mutex mutex_;
   std::condition_variable work_cv_, done_cv_;
   std::deque<std::shared_ptr<write_op>> queue_;

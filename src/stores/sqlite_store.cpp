@@ -141,6 +141,11 @@ constexpr const char* kAttemptColumns =
 // The same expression as the messages_due index, so that queries can use it.
 #define DUE(alias) "max(" alias ".next_attempt_at, coalesce(" alias ".lease_until, 0))"
 
+// Results (delivered or retried messages) the dispatcher may hand over before the store has
+// committed the earlier ones: what a crash can send twice beyond the requests in flight. About
+// 25 ms of results at 20,000 messages/s, so the cap only holds back a store that falls behind.
+constexpr std::size_t kMaxUnrecordedResults = 512;
+
 // Rows deleted per transaction by prune(), so the committer never holds the write lock long.
 constexpr int kPruneChunk = 5000;
 
@@ -439,7 +444,8 @@ class sqlite_store final : public delivery_store {
       released_at_open_ = true;
     }
     committer_ = std::make_unique<group_committer>(
-        [this](std::vector<std::shared_ptr<write_op>>& ops) { run_batch(ops); }, log_);
+        [this](std::vector<std::shared_ptr<write_op>>& ops) { run_batch(ops); }, log_, 2048,
+        kMaxUnrecordedResults);
     pruner_ = std::make_unique<retention_pruner>(*this, options_.retention, log_);
   }
 
@@ -582,19 +588,23 @@ class sqlite_store final : public delivery_store {
   // whose fresh pages cost more (page faults) than the statements it saves.
   void record_results(std::vector<attempt_result>& results) override {
     if (results.empty()) return;
-    post("record_results", [this, batch = std::move(results)] {
-      result_sink sink;
-      sink.attempts.reserve(batch.size());
-      for (const auto& r : batch) {
-        if (r.retry_at) {
-          write_reschedule(r.message_id, *r.retry_at, r.attempt, &sink);
-        } else {
-          write_complete(r.message_id, r.attempt, &sink);
-        }
-      }
-      insert_attempts(sink.attempts);
-      for (const auto& [subscription_id, d] : sink.stats) add_stats(subscription_id, d);
-    });
+    const std::size_t n = results.size();
+    post(
+        "record_results",
+        [this, batch = std::move(results)] {
+          result_sink sink;
+          sink.attempts.reserve(batch.size());
+          for (const auto& r : batch) {
+            if (r.retry_at) {
+              write_reschedule(r.message_id, *r.retry_at, r.attempt, &sink);
+            } else {
+              write_complete(r.message_id, r.attempt, &sink);
+            }
+          }
+          insert_attempts(sink.attempts);
+          for (const auto& [subscription_id, d] : sink.stats) add_stats(subscription_id, d);
+        },
+        n);
     results.clear();
   }
 
@@ -997,10 +1007,11 @@ class sqlite_store final : public delivery_store {
   }
 
   template <class F>
-  void post(const char* what, F&& f) {
+  void post(const char* what, F&& f, std::size_t weight = 1) {
     auto op = std::make_shared<write_op>();
     op->run = std::forward<F>(f);
     op->what = what;
+    op->weight = weight;
     committer_->submit(std::move(op));
   }
 
