@@ -682,11 +682,6 @@ void dispatcher::pump(time_point now) {
       continue;
     }
     auto& ep = it->second;
-    // An endpoint that stopped answering cannot keep the long queue it had while fast (its
-    // expected latency grows with the age of its oldest request): the newest go back, so they
-    // do not hold the room other endpoints need. Only once the queue is twice what it would
-    // send in queue_drain: an endpoint a little slower than a moment ago must not churn its
-    // queue through the store.
     const auto limit = queue_limit(ep, now);
     // The overflow first: an endpoint that stopped answering gives it all back (oldest due
     // first, one slot's turn apart, spread over at most half a lease, not after the endpoint's
@@ -706,6 +701,11 @@ void dispatcher::pump(time_point now) {
       --overflow_count_;
       send_back_later(ep, w, now);
     }
+    // An endpoint that stopped answering cannot keep the long queue it had while fast (its
+    // expected latency grows with the age of its oldest request): the newest go back, so they
+    // do not hold the room other endpoints need. Only once the queue is twice what it would
+    // send in queue_drain: an endpoint a little slower than a moment ago must not churn its
+    // queue through the store.
     if (ep.queue.size() > 2 * limit) {
       while (ep.queue.size() > limit) {
         waiting w = std::move(ep.queue.back());
