@@ -116,6 +116,16 @@ CREATE INDEX messages_ordered_head ON messages(subscription_id, sequence)
 CREATE INDEX messages_delivered ON messages(updated_at) WHERE status = 'delivered';
 CREATE INDEX messages_dead ON messages(subscription_id, created_at) WHERE status = 'dead';
 )sql",
+    // 4: the same due index, its key written without function calls. SQLite treats a function in
+    // an index key as a possible error midway through a statement, so every statement of several
+    // rows that wrote the index (the batched message inserts, a claim's leases) kept a statement
+    // journal: a copy of each page it changed, spilled to a temporary file past 64 KiB.
+    R"sql(
+DROP INDEX IF EXISTS messages_due;
+CREATE INDEX messages_due ON messages(
+  (CASE WHEN lease_until > next_attempt_at THEN lease_until ELSE next_attempt_at END), sequence)
+  WHERE status = 'pending';
+)sql",
 };
 static_assert(std::size(kMigrations) == sqlite_schema_version);
 
@@ -139,7 +149,11 @@ constexpr const char* kAttemptColumns =
 
 // When a pending message can next be claimed: when it is due and its lease (if any) has ended.
 // The same expression as the messages_due index, so that queries can use it.
-#define DUE(alias) "max(" alias ".next_attempt_at, coalesce(" alias ".lease_until, 0))"
+// Written exactly as the messages_due index's key (migration 4), so that SQLite uses the index.
+#define DUE(alias)                                                           \
+  "(CASE WHEN " alias ".lease_until > " alias ".next_attempt_at THEN " alias \
+  ".lease_until "                                                            \
+  "ELSE " alias ".next_attempt_at END)"
 
 // Results (delivered or retried messages) the dispatcher may hand over before the store has
 // committed the earlier ones: what a crash can send twice beyond the requests in flight. About
@@ -477,11 +491,15 @@ class sqlite_store final : public delivery_store {
       if (lease != nullptr) leased = leased_by_publisher(batch, lease->count);
       // The status is a literal: the partial indexes' conditions are then known when the
       // statement is prepared.
+      // OR IGNORE rather than ON CONFLICT(id) DO NOTHING: a statement of several rows that could
+      // abort (on a NOT NULL column) makes SQLite keep a statement journal, a copy of each page
+      // it changes, spilled to a temporary file past 64 KiB. Every value bound here is non-null,
+      // so the only conflict it ignores is still an id already stored.
       static const multi_row_sql sql(
-          "INSERT INTO messages(id, subscription_id, event_id, event_name, url, http_method, body, "
-          "ordered, attempts, created_at, next_attempt_at, updated_at, last_status, last_error, "
-          "lease_owner, lease_until, status) VALUES",
-          16, " ON CONFLICT(id) DO NOTHING", 0, ", 'pending'");
+          "INSERT OR IGNORE INTO messages(id, subscription_id, event_id, event_name, url, "
+          "http_method, body, ordered, attempts, created_at, next_attempt_at, updated_at, "
+          "last_status, last_error, lease_owner, lease_until, status) VALUES",
+          16, "", 0, ", 'pending'");
       for_each_chunk(
           batch.size(), sql, [](statement&) {},
           [&](statement& s, int b, std::size_t i) {
@@ -1032,7 +1050,9 @@ class sqlite_store final : public delivery_store {
   // Inserts the attempts in order, up to 16 rows per statement.
   void insert_attempts(std::span<const attempt_record* const> all) {
     static const multi_row_sql sql(
-        std::string("INSERT INTO attempts(") + kAttemptColumns + ") VALUES", 15, "");
+        // OR IGNORE only so that the statement cannot abort and keeps no statement journal (see
+        // insert()): every column is bound non-null, so no row is ever ignored.
+        std::string("INSERT OR IGNORE INTO attempts(") + kAttemptColumns + ") VALUES", 15, "");
     for_each_chunk(all.size(), sql, [&](statement& s, int base, std::size_t i) {
       const attempt_record& a = *all[i];
       s.bind(base + 1, a.message_id).bind(base + 2, a.subscription_id).bind(base + 3, a.event_id);

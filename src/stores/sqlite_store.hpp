@@ -9,7 +9,7 @@
 namespace hookline::detail {
 
 /// The schema version an SQLite store file is migrated to at open.
-inline constexpr int sqlite_schema_version = 3;
+inline constexpr int sqlite_schema_version = 4;
 
 /// Transactions the store's committer thread has committed so far (group commit evidence).
 /// Throws hookline::error if `store` is not an SQLite store.
