@@ -173,16 +173,6 @@ TEST(memory_store, complete_reschedule_and_dead_letter_update_the_message) {
   EXPECT_EQ(c.in_flight, 0u);
 }
 
-TEST(memory_store, rejects_duplicate_ids_and_enqueues_nothing) {
-  auto s = fresh();
-  std::vector<message> one = {msg("a", "s1", t0)};
-  s->enqueue(one);
-  std::vector<message> batch = {msg("b", "s1", t0), msg("a", "s1", t0)};
-  EXPECT_THROW(s->enqueue(batch), error);
-  EXPECT_FALSE(s->get("b"));
-  EXPECT_EQ(s->counts(t0).pending, 1u);
-}
-
 TEST(memory_store, redeliver_and_recover_make_messages_pending_again) {
   auto s = fresh();
   std::vector<message> batch = {msg("a", "s1", t0), msg("b", "s1", t0), msg("c", "s2", t0)};

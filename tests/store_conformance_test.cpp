@@ -505,6 +505,54 @@ TEST_P(store_conformance, enqueue_claimed_leases_the_first_unordered_messages) {
   EXPECT_EQ(ids(store_->claim(claim_at(t0_ + 2s, 10, "w2"))), (std::vector<std::string>{"b"}));
 }
 
+// An enqueue the host retries (after a timeout, say) stores nothing twice: a message whose id is
+// stored already, or comes earlier in the same batch, keeps that message's place and content and
+// is not leased; the others are stored as usual.
+TEST_P(store_conformance, an_enqueue_retried_with_known_ids_stores_each_id_once) {
+  std::vector<message> first{make_message("a", "s1", t0_), make_message("b", "s1", t0_)};
+  store_->enqueue(first);
+  auto again_b = make_message("b", "s1", t0_);
+  again_b.body = "other";
+  std::vector<message> batch{make_message("x", "s1", t0_), again_b, make_message("y", "s1", t0_),
+                             make_message("y", "s1", t0_), make_message("a", "s1", t0_)};
+  const auto leased = store_->enqueue_claimed(batch, enqueue_lease{"pub", t0_ + 30s, 5});
+  EXPECT_EQ(leased, (std::vector<bool>{true, false, true, false, false}));
+  EXPECT_EQ(batch[1].sequence, first[1].sequence);
+  EXPECT_EQ(batch[3].sequence, batch[2].sequence);
+  EXPECT_EQ(batch[4].sequence, first[0].sequence);
+  EXPECT_GT(batch[0].sequence, first[1].sequence);
+  EXPECT_EQ(store_->get("b")->body, first[1].body);
+  std::vector<message> plain{make_message("a", "s1", t0_), make_message("z", "s1", t0_)};
+  store_->enqueue(plain);
+  EXPECT_EQ(plain[0].sequence, first[0].sequence);
+  EXPECT_EQ(store_->counts(t0_).pending, 5u);
+  EXPECT_EQ(store_->counts(t0_).in_flight, 2u);
+  EXPECT_EQ(ids(store_->claim(claim_at(t0_, 10, "w2"))), (std::vector<std::string>{"a", "b", "z"}));
+}
+
+// A message without an id or a subscription is refused, naming what is missing, and nothing of
+// its batch is stored.
+TEST_P(store_conformance, an_enqueue_with_a_message_missing_its_id_or_subscription_stores_nothing) {
+  for (const std::string field : {"id", "subscription_id"}) {
+    std::vector<message> batch{make_message("ok-" + field, "s1", t0_),
+                               make_message("bad-" + field, "s1", t0_)};
+    if (field == "id") batch[1].id.clear();
+    if (field == "subscription_id") batch[1].subscription_id.clear();
+    try {
+      store_->enqueue(batch);
+      ADD_FAILURE() << "accepted a message without " << field;
+    } catch (const error& e) {
+      const std::string what = e.what();
+      EXPECT_NE(what.find(field), std::string::npos) << what;
+      if (field == "id") {
+        EXPECT_EQ(what.find("subscription"), std::string::npos) << what;
+      }
+    }
+    EXPECT_FALSE(store_->get("ok-" + field)) << field;
+  }
+  EXPECT_EQ(store_->counts(t0_).pending, 0u);
+}
+
 TEST_P(store_conformance, a_lease_taken_at_enqueue_expires_like_a_claimed_one) {
   std::vector<message> batch{make_message("a", "s1", t0_)};
   ASSERT_EQ(store_->enqueue_claimed(batch, enqueue_lease{"crashed", t0_ + 30s, 1}),

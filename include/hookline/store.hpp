@@ -126,7 +126,11 @@ class delivery_store {
  public:
   virtual ~delivery_store() = default;
 
-  /// Stores new pending messages (assigning `sequence`); durable when it returns.
+  /// Stores new pending messages (assigning `sequence`); durable when it returns. A message
+  /// whose id is stored already, or comes earlier in the batch, is stored once: it keeps that
+  /// message's place (its `sequence` is set to it) and content, so an enqueue the host retries is
+  /// harmless. A message without an id or a subscription_id is refused (error naming it) and
+  /// nothing of the batch is stored.
   virtual void enqueue(std::vector<message>& batch) = 0;
   /// Like enqueue(), with the first `lease.count` messages that are not ordered stored (in the
   /// same transaction) as claimed by `lease.worker_id` until `lease.until`. Returns, per message

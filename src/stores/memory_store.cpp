@@ -93,22 +93,25 @@ class memory_store final : public delivery_store {
     return leased;
   }
 
-  // `lease`/`leased`: the messages stored as claimed by the publisher (enqueue_claimed()).
+  // `lease`/`leased`: the messages stored as claimed by the publisher (enqueue_claimed()); a
+  // message whose id is stored already (earlier, or earlier in this batch) keeps that place and
+  // is not leased, as in the SQL stores, so an enqueue the host retries stores nothing twice.
   void insert(std::vector<message>& batch, const enqueue_lease* lease,
-              const std::vector<bool>* leased = nullptr) {
+              std::vector<bool>* leased = nullptr) {
     std::lock_guard lock(mutex_);
     // Check everything first: a failed enqueue stores nothing.
-    std::unordered_set<std::string_view> seen;
-    if (batch.size() > 1) seen.reserve(batch.size());
     for (std::size_t i = 0; i < batch.size(); ++i) {
       const auto& m = batch[i];
       if (m.id.empty()) throw error("enqueue: message " + std::to_string(i) + " has no id");
-      if (by_id_.count(std::string_view(m.id)) != 0)
-        throw error("enqueue: message id '" + m.id + "' already exists");
-      if (batch.size() > 1 && !seen.insert(m.id).second)
-        throw error("enqueue: message id '" + m.id + "' is repeated");
+      if (m.subscription_id.empty())
+        throw error("enqueue: message " + m.id + ": subscription_id is empty");
     }
     for (auto& m : batch) {
+      if (auto known = by_id_.find(std::string_view(m.id)); known != by_id_.end()) {
+        m.sequence = known->second->seq;
+        if (leased != nullptr) (*leased)[static_cast<std::size_t>(&m - batch.data())] = false;
+        continue;
+      }
       m.sequence = ++last_seq_;
       m.status = message_status::pending;
       if (m.created_at == time_point{}) m.created_at = last_now_;

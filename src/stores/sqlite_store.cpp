@@ -148,12 +148,10 @@ constexpr const char* kAttemptColumns =
   "AND p.sequence < " alias ".sequence)) "
 
 // When a pending message can next be claimed: when it is due and its lease (if any) has ended.
-// The same expression as the messages_due index, so that queries can use it.
 // Written exactly as the messages_due index's key (migration 4), so that SQLite uses the index.
-#define DUE(alias)                                                           \
-  "(CASE WHEN " alias ".lease_until > " alias ".next_attempt_at THEN " alias \
-  ".lease_until "                                                            \
-  "ELSE " alias ".next_attempt_at END)"
+#define DUE(a)                                                                          \
+  "(CASE WHEN " a ".lease_until > " a ".next_attempt_at THEN " a ".lease_until ELSE " a \
+  ".next_attempt_at END)"
 
 // Results (delivered or retried messages) the dispatcher may hand over before the store has
 // committed the earlier ones: what a crash can send twice beyond the requests in flight. About
