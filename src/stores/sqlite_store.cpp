@@ -147,11 +147,7 @@ constexpr const char* kAttemptColumns =
   ".subscription_id AND p.status = 'pending' AND p.ordered = 1 " \
   "AND p.sequence < " alias ".sequence)) "
 
-// When a pending message can next be claimed: when it is due and its lease (if any) has ended.
-// Written exactly as the messages_due index's key (migration 4), so that SQLite uses the index.
-#define DUE(a)                                                                          \
-  "(CASE WHEN " a ".lease_until > " a ".next_attempt_at THEN " a ".lease_until ELSE " a \
-  ".next_attempt_at END)"
+#define DUE(a) HOOKLINE_SQLITE_DUE(a)
 
 // Results (delivered or retried messages) the dispatcher may hand over before the store has
 // committed the earlier ones: what a crash can send twice beyond the requests in flight. About
