@@ -936,6 +936,61 @@ TEST(dispatcher, a_slow_endpoint_gives_back_the_overflow_it_cannot_send_in_time)
   h.stop(0ms);
 }
 
+// Records when each message given back to the store is due again.
+class release_times final : public forwarding_store {
+ public:
+  using forwarding_store::forwarding_store;
+  void release_if_held(const std::string& id, const std::string& worker_id,
+                       time_point next) override {
+    {
+      std::lock_guard lock(mutex);
+      due.push_back(next);
+    }
+    forwarding_store::release_if_held(id, worker_id, next);
+  }
+  std::vector<time_point> snapshot() {
+    std::lock_guard lock(mutex);
+    return due;
+  }
+  std::mutex mutex;
+  std::vector<time_point> due;
+};
+
+// What does not fit a rate-limited endpoint's queue goes back to the store due when the
+// endpoint will have a token for it: after its queue, then one token apart, each after the one
+// sent back before it. Not all at once (they would only bounce again), and not ever further out
+// (the spacing of a burst once grew with every message sent back while the queue was full).
+TEST(dispatcher, messages_that_do_not_fit_a_rate_limited_queue_come_back_one_token_apart) {
+  test_server server;
+  server.set_default(response::of(204));
+  auto store = std::make_shared<release_times>(make_store("memory:"));
+  auto o = fast_options();
+  o.store_instance = store;
+  o.delivery.endpoint_concurrency = 4;  // a queue of 32
+  hub h(o);
+  auto s = make_sub("limited", server.url("/limited"));
+  s.rate_limit = 20;  // a token every 50 ms
+  h.subscriptions().add(s);
+  constexpr std::size_t burst = 150;
+  std::vector<event> events;
+  for (std::size_t i = 0; i < burst; ++i) events.push_back(make_event(std::to_string(i) + ".txt"));
+  const auto published = std::chrono::system_clock::now();
+  h.publish(std::span<const event>(events));
+  // One is sent, 32 wait in the queue, the rest go back in the same turn.
+  ASSERT_TRUE(eventually([&] { return store->snapshot().size() >= 100; }, 5s))
+      << store->snapshot().size() << " given back";
+  auto due = store->snapshot();
+  h.stop(0ms);
+  due.resize(100);  // the burst's, not what stop() gave back
+  const auto step = 50ms;
+  EXPECT_GE(due.front() - published, 32 * step * 8 / 10) << "due before its queue is sent";
+  EXPECT_LE(due.front() - published, 34 * step + 1s);
+  for (std::size_t i = 1; i < due.size(); ++i) {
+    EXPECT_GE(due[i] - due[i - 1], step * 9 / 10) << i;
+    EXPECT_LE(due[i] - due[i - 1], step * 11 / 10) << i;
+  }
+}
+
 // The long queue a fast endpoint may keep must not trap the room when that endpoint stops
 // answering: its queued messages go back to the store, and another endpoint's messages, handed
 // over behind them, still go out at once.
