@@ -813,16 +813,28 @@ TEST(dispatcher, reused_requests_carry_nothing_from_the_last_one) {
 }
 
 // Counts the dispatcher's give-backs (release_if_held): a message that bounces back to the
-// store instead of waiting for its endpoint.
+// store instead of waiting for its endpoint. Keeps when each is due again.
 class release_counter final : public forwarding_store {
  public:
   using forwarding_store::forwarding_store;
   void release_if_held(const std::string& id, const std::string& worker_id,
                        time_point next) override {
+    {
+      std::lock_guard lock(mutex_);
+      due_.push_back(next);
+    }
     ++releases;
     forwarding_store::release_if_held(id, worker_id, next);
   }
+  std::vector<time_point> due() {
+    std::lock_guard lock(mutex_);
+    return due_;
+  }
   std::atomic<std::size_t> releases{0};
+
+ private:
+  std::mutex mutex_;
+  std::vector<time_point> due_;
 };
 
 // Publishes one event (so the endpoint's answer time is measured), then `burst` at once; waits
@@ -936,26 +948,6 @@ TEST(dispatcher, a_slow_endpoint_gives_back_the_overflow_it_cannot_send_in_time)
   h.stop(0ms);
 }
 
-// Records when each message given back to the store is due again.
-class release_times final : public forwarding_store {
- public:
-  using forwarding_store::forwarding_store;
-  void release_if_held(const std::string& id, const std::string& worker_id,
-                       time_point next) override {
-    {
-      std::lock_guard lock(mutex);
-      due.push_back(next);
-    }
-    forwarding_store::release_if_held(id, worker_id, next);
-  }
-  std::vector<time_point> snapshot() {
-    std::lock_guard lock(mutex);
-    return due;
-  }
-  std::mutex mutex;
-  std::vector<time_point> due;
-};
-
 // What does not fit a rate-limited endpoint's queue goes back to the store due when the
 // endpoint will have a token for it: after its queue, then one token apart, each after the one
 // sent back before it. Not all at once (they would only bounce again), and not ever further out
@@ -963,7 +955,7 @@ class release_times final : public forwarding_store {
 TEST(dispatcher, messages_that_do_not_fit_a_rate_limited_queue_come_back_one_token_apart) {
   test_server server;
   server.set_default(response::of(204));
-  auto store = std::make_shared<release_times>(make_store("memory:"));
+  auto store = std::make_shared<release_counter>(make_store("memory:"));
   auto o = fast_options();
   o.store_instance = store;
   o.delivery.endpoint_concurrency = 4;  // a queue of 32
@@ -977,9 +969,9 @@ TEST(dispatcher, messages_that_do_not_fit_a_rate_limited_queue_come_back_one_tok
   const auto published = std::chrono::system_clock::now();
   h.publish(std::span<const event>(events));
   // One is sent, 32 wait in the queue, the rest go back in the same turn.
-  ASSERT_TRUE(eventually([&] { return store->snapshot().size() >= 100; }, 5s))
-      << store->snapshot().size() << " given back";
-  auto due = store->snapshot();
+  ASSERT_TRUE(eventually([&] { return store->releases >= 100; }, 5s))
+      << store->releases << " given back";
+  auto due = store->due();
   h.stop(0ms);
   due.resize(100);  // the burst's, not what stop() gave back
   const auto step = 50ms;

@@ -12,7 +12,6 @@
 #include <set>
 #include <string>
 #include <unordered_map>
-#include <unordered_set>
 
 #include "hookline/error.hpp"
 #include "hookline/store.hpp"
