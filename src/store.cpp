@@ -58,6 +58,10 @@ void forwarding_store::dead_letter(const std::string& id, const std::string& rea
                                    const attempt_record* a) {
   inner_->dead_letter(id, reason, a);
 }
+void forwarding_store::dead_letter_if_held(const std::string& id, const std::string& worker_id,
+                                           const std::string& reason, const attempt_record* a) {
+  inner_->dead_letter_if_held(id, worker_id, reason, a);
+}
 void forwarding_store::release(const std::string& id, time_point next) {
   inner_->release(id, next);
 }

@@ -1013,6 +1013,48 @@ TEST(dispatcher, an_endpoint_that_stops_answering_gives_back_its_long_queue) {
   EXPECT_EQ(h.store().counts(std::chrono::system_clock::now()).pending, 300u);
 }
 
+// A worker whose lease ran out while its request was under way (a stalled process, a slow
+// store) and whose message another worker took over: its late failure must not free the other's
+// lease, or a third worker would send the message while the second still is.
+TEST(dispatcher, a_late_failure_leaves_the_lease_another_worker_took_over_alone) {
+  test_server server;
+  std::atomic<int> requests{0};
+  server.on("/ep", [&](const test::recorded_request&) {
+    // The first worker's request fails late; the second's succeeds later still.
+    return ++requests == 1 ? response::slow(1s, 500) : response::slow(3s, 204);
+  });
+  auto store = make_store("memory:");
+  const auto start = std::chrono::system_clock::now();
+  auto first_clock = std::make_shared<manual_clock>(start);
+  // The second worker lives an hour later: the first one's lease has run out for it.
+  auto second_clock = std::make_shared<manual_clock>(start + 1h);
+  auto o = fast_options();
+  o.delivery.request_timeout = 10s;  // longer than the second answer takes
+  o.store_instance = store;
+  o.worker_id = "first";
+  o.clock = first_clock;
+  hub first(o);
+  first.subscriptions().add(make_sub("s", server.url("/ep")));
+  const auto id = only_id(first.publish(make_event()));
+  ASSERT_TRUE(eventually([&] { return requests == 1; }));
+  o.worker_id = "second";
+  o.clock = second_clock;
+  hub second(o);
+  second.subscriptions().add(make_sub("s", server.url("/ep")));
+  ASSERT_TRUE(eventually([&] { return requests == 2; }));
+  // The first worker's 500 comes back and is logged; the second still holds the lease.
+  ASSERT_TRUE(eventually([&] {
+    attempt_query q;
+    q.message_id = id;
+    return !store->attempts(q).empty();
+  }));
+  EXPECT_EQ(store->counts(second_clock->now()).in_flight, 1u);
+  EXPECT_EQ(requests, 2);
+  EXPECT_EQ(stored(first, id).status, message_status::pending);
+  ASSERT_TRUE(eventually([&] { return stored(first, id).status == message_status::delivered; }));
+  EXPECT_EQ(requests, 2);
+}
+
 TEST(dispatcher, statistics_count_per_subscription) {
   test_server server;
   server.script("/a", {response::of(500)});

@@ -36,6 +36,10 @@ class spy_store final : public delivery_store {
   void dead_letter(const std::string&, const std::string&, const attempt_record*) override {
     calls.push_back("dead_letter");
   }
+  void dead_letter_if_held(const std::string&, const std::string&, const std::string&,
+                           const attempt_record*) override {
+    calls.push_back("dead_letter_if_held");
+  }
   void release(const std::string&, time_point) override { calls.push_back("release"); }
   void release_if_held(const std::string&, const std::string&, time_point) override {
     calls.push_back("release_if_held");
@@ -112,6 +116,7 @@ TEST(forwarding_store, passes_every_member_to_the_same_member_of_the_inner_store
   f.reschedule("m", now, a);
   f.record_results(results);
   f.dead_letter("m", "why", &a);
+  f.dead_letter_if_held("m", "w", "why", &a);
   f.release("m", now);
   f.release_if_held("m", "w", now);
   EXPECT_EQ(f.release_worker("w"), 3u);
@@ -128,12 +133,30 @@ TEST(forwarding_store, passes_every_member_to_the_same_member_of_the_inner_store
   f.save_state(subscription_state{});
   EXPECT_EQ(f.load_states().size(), 9u);
   EXPECT_EQ(f.prune(now), 10u);
-  const std::vector<std::string> expected{
-      "enqueue",        "enqueue_claimed", "claim",   "complete",        "reschedule",
-      "record_results", "dead_letter",     "release", "release_if_held", "release_worker",
-      "redeliver",      "recover",         "get",     "query",           "attempts",
-      "counts",         "count_pending",   "stats",   "next_due",        "wait_for_notification",
-      "save_state",     "load_states",     "prune"};
+  const std::vector<std::string> expected{"enqueue",
+                                          "enqueue_claimed",
+                                          "claim",
+                                          "complete",
+                                          "reschedule",
+                                          "record_results",
+                                          "dead_letter",
+                                          "dead_letter_if_held",
+                                          "release",
+                                          "release_if_held",
+                                          "release_worker",
+                                          "redeliver",
+                                          "recover",
+                                          "get",
+                                          "query",
+                                          "attempts",
+                                          "counts",
+                                          "count_pending",
+                                          "stats",
+                                          "next_due",
+                                          "wait_for_notification",
+                                          "save_state",
+                                          "load_states",
+                                          "prune"};
   EXPECT_EQ(spy->calls, expected);
 }
 

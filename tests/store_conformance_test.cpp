@@ -473,6 +473,51 @@ TEST_P(store_conformance, release_if_held_leaves_another_workers_lease_alone) {
             (std::vector<std::string>{"b", "a"}));  // due order; w3's lease on "b" ran out
 }
 
+// A worker whose lease ran out while it was sending, and went to another worker, must not move
+// the message when its result comes in late: a retry time would free the other's lease (a third
+// worker would send the message while the second still is), a give-up would end what the other
+// may still deliver. Its attempt is recorded all the same, and a delivery always counts.
+TEST_P(store_conformance, a_late_result_leaves_a_message_another_worker_took_over_alone) {
+  put({make_message("a", "s1", t0_), make_message("b", "s1", t0_), make_message("c", "s1", t0_)});
+  ASSERT_EQ(store_->claim(claim_at(t0_, 3, "w1")).size(), 3u);
+  // w1's 30 s leases run out; w2 takes them over.
+  ASSERT_EQ(store_->claim(claim_at(t0_ + 31s, 3, "w2")).size(), 3u);
+  put({make_message("d", "s1", t0_ + 32s)});
+  const auto a = *store_->get("a");
+  const auto b = *store_->get("b");
+  const auto c = *store_->get("c");
+  std::vector<attempt_result> late;
+  late.push_back({"a", t0_ + 1h, make_attempt(a, 1, 503, t0_ + 31s, false), "w1"});
+  late.push_back({"b", std::nullopt, make_attempt(b, 1, 200, t0_ + 31s, true), "w1"});
+  store_->record_results(late);
+  const auto c_failed = make_attempt(c, 1, 400, t0_ + 31s, false);
+  store_->dead_letter_if_held("c", "w1", "HTTP 400", &c_failed);
+  EXPECT_EQ(store_->get("a")->status, message_status::pending);
+  EXPECT_EQ(store_->get("b")->status, message_status::delivered);
+  EXPECT_EQ(store_->get("c")->status, message_status::pending);
+  EXPECT_EQ(store_->counts(t0_ + 32s).in_flight, 2u) << "w2 still holds a and c";
+  EXPECT_EQ(ids(store_->claim(claim_at(t0_ + 32s, 10, "w3"))), (std::vector<std::string>{"d"}));
+  EXPECT_EQ(store_->attempts(aq()).size(), 3u) << "every attempt is in the log";
+  // The holder's own results move the message.
+  std::vector<attempt_result> own;
+  own.push_back({"a", t0_ + 40s, make_attempt(a, 1, 503, t0_ + 33s, false), "w2"});
+  store_->record_results(own);
+  store_->dead_letter_if_held("c", "w2", "HTTP 400", &c_failed);
+  EXPECT_EQ(store_->get("c")->status, message_status::dead);
+  EXPECT_EQ(store_->get("a")->last_status, 503);
+  EXPECT_TRUE(store_->claim(claim_at(t0_ + 39s, 10, "w4")).empty());
+  ASSERT_EQ(ids(store_->claim(claim_at(t0_ + 40s, 10, "w4"))), (std::vector<std::string>{"a"}));
+  // A lease that ran out with nobody taking the message over is still its holder's: w4's result,
+  // late but unopposed, counts (the claim at +75 s, which sees that lease run out, takes only
+  // "d", due earlier, whose lease ran out too).
+  EXPECT_EQ(ids(store_->claim(claim_at(t0_ + 75s, 1, "w5"))), (std::vector<std::string>{"d"}));
+  std::vector<attempt_result> unopposed;
+  unopposed.push_back({"a", t0_ + 2h, make_attempt(a, 2, 503, t0_ + 75s, false), "w4"});
+  store_->record_results(unopposed);
+  EXPECT_TRUE(store_->claim(claim_at(t0_ + 76s, 10, "w5")).empty());
+  EXPECT_EQ(ids(store_->claim(claim_at(t0_ + 2h, 10, "w6"))), (std::vector<std::string>{"d", "a"}));
+}
+
 TEST_P(store_conformance, release_worker_frees_only_that_workers_leases) {
   put({make_message("a", "s1", t0_), make_message("b", "s1", t0_), make_message("c", "s1", t0_)});
   ASSERT_EQ(store_->claim(claim_at(t0_, 2, "w1")).size(), 2u);

@@ -60,10 +60,17 @@ struct attempt_record {
 
 /// One finished attempt for delivery_store::record_results(): delivered when `retry_at` is
 /// empty, else still pending and due again at `retry_at`.
+///
+/// With a `worker_id`, a retry moves the message only while that worker still holds its lease:
+/// a worker whose lease ran out while it was sending, and whose message another worker has
+/// claimed since, leaves the other's lease and retry time alone (a third worker would otherwise
+/// send it while the second still is). Its attempt is recorded either way. A delivery always
+/// counts: whoever holds the lease, the message is delivered.
 struct attempt_result {
   std::string message_id;
   std::optional<time_point> retry_at;
   attempt_record attempt;
+  std::string worker_id{};  ///< empty: whoever holds the lease
 };
 
 struct claim_request {
@@ -152,12 +159,22 @@ class delivery_store {
   /// Retry later: still pending, due at `next`, lease released, attempt recorded.
   virtual void reschedule(const std::string& id, time_point next, const attempt_record& a) = 0;
   /// complete() or reschedule() for each result, in order, with one lock or transaction where
-  /// the store can (the dispatcher hands over every result of one loop turn at once). May move
-  /// from `results`. The default calls complete() and reschedule() one by one.
+  /// the store can (the dispatcher hands over every result of one loop turn at once), a retry
+  /// only while the result's worker holds the lease (see attempt_result). May move from
+  /// `results`. The default calls complete() and reschedule() one by one, without that check.
   virtual void record_results(std::vector<attempt_result>& results);
   /// Give up: status dead with `reason`; `a` (if any) recorded.
   virtual void dead_letter(const std::string& id, const std::string& reason,
                            const attempt_record* a) = 0;
+  /// Like dead_letter(), only while `worker_id` still holds the lease (`a` is recorded either
+  /// way): a worker whose lease ran out and went to another worker leaves the message to the
+  /// other, whose attempt decides. The dispatcher gives up this way. The default calls
+  /// dead_letter().
+  virtual void dead_letter_if_held(const std::string& id, const std::string& worker_id,
+                                   const std::string& reason, const attempt_record* a) {
+    (void)worker_id;
+    dead_letter(id, reason, a);
+  }
   /// Releases a lease without an attempt (stop, or the endpoint is busy): due again at `next`.
   virtual void release(const std::string& id, time_point next) = 0;
   /// Like release(), only while `worker_id` still holds the lease: a worker whose lease ran out
@@ -202,13 +219,15 @@ class delivery_store {
 /// A store that passes every call on to the same member of another store. Derive from it to
 /// wrap a store (a gate, metrics, tracing) and override what the wrapper changes: every member
 /// of delivery_store is forwarded, the ones with a default too (enqueue_claimed(),
-/// record_results(), release_if_held(), count_pending(), wait_for_notification()), so a wrapper
+/// record_results(), dead_letter_if_held(), release_if_held(), count_pending(),
+/// wait_for_notification()), so a wrapper
 /// never falls back to a default and loses what the inner store does better (hand-over at
 /// publish, one transaction per batch of results, leases that only their holder releases).
 /// Mind the pairs: the hub and the dispatcher call enqueue_claimed() as well as enqueue(),
-/// record_results() rather than complete() and reschedule(), release_if_held() rather than
-/// release(), and count_pending() rather than counts(); a wrapper that watches one member of a
-/// pair must override the other too. Thread safety: as the inner store.
+/// record_results() rather than complete() and reschedule(), dead_letter_if_held() rather than
+/// dead_letter(), release_if_held() rather than release(), and count_pending() rather than
+/// counts(); a wrapper that watches one member of a pair must override the other too. Thread
+/// safety: as the inner store.
 class forwarding_store : public delivery_store {
  public:
   /// Throws hookline::error when `inner` is null.
@@ -225,6 +244,8 @@ class forwarding_store : public delivery_store {
   void record_results(std::vector<attempt_result>& results) override;
   void dead_letter(const std::string& id, const std::string& reason,
                    const attempt_record* a) override;
+  void dead_letter_if_held(const std::string& id, const std::string& worker_id,
+                           const std::string& reason, const attempt_record* a) override;
   void release(const std::string& id, time_point next) override;
   void release_if_held(const std::string& id, const std::string& worker_id,
                        time_point next) override;

@@ -863,7 +863,7 @@ void dispatcher::handle(http_response&& r, time_point now) {
                  " attempts (the next would exceed the maximum age): " + o.reason,
              &rec);
       } else {
-        results_.push_back({m.id, now + *delay, std::move(rec)});
+        results_.push_back({m.id, now + *delay, std::move(rec), ctx_.worker_id});
         ctx_.counters->retries.fetch_add(1, std::memory_order_relaxed);
       }
       break;
@@ -924,7 +924,7 @@ void dispatcher::record_results(time_point now) {
 }
 
 void dispatcher::dead(const message& m, const std::string& reason, const attempt_record* a) {
-  ctx_.store->dead_letter(m.id, reason, a);
+  ctx_.store->dead_letter_if_held(m.id, ctx_.worker_id, reason, a);
   ctx_.counters->dead.fetch_add(1, std::memory_order_relaxed);
   if (ctx_.on_finished) ctx_.on_finished(1);
   // A host with the hook reports dead messages itself; its log then does not say it twice.

@@ -161,6 +161,7 @@ class memory_store final : public delivery_store {
       due_.erase(due_.begin());
       e->indexed = false;
       e->leased = true;
+      pool_.release(e->worker);  // the holder of a lease that ran out
       e->worker = pool_.acquire(req.worker_id);
       e->lease_until = req.now + req.lease;
       leased_.insert({e->lease_until, e->seq, e});
@@ -185,7 +186,8 @@ class memory_store final : public delivery_store {
     std::lock_guard lock(mutex_);
     for (auto& r : results) {
       if (r.retry_at) {
-        reschedule_locked(r.message_id, *r.retry_at, std::move(r.attempt));
+        reschedule_locked(r.message_id, *r.retry_at, std::move(r.attempt),
+                          r.worker_id.empty() ? nullptr : &r.worker_id);
       } else {
         complete_locked(r.message_id, std::move(r.attempt));
       }
@@ -204,9 +206,15 @@ class memory_store final : public delivery_store {
     record(std::move(a));
   }
 
-  void reschedule_locked(const std::string& id, time_point next, attempt_record&& a) {
+  // With `worker`, the message moves only while it holds the lease; the attempt is kept anyway.
+  void reschedule_locked(const std::string& id, time_point next, attempt_record&& a,
+                         const std::string* worker = nullptr) {
     entry* e = find(id);
     if (e == nullptr) return;
+    if (worker != nullptr && !held_by(*e, *worker)) {
+      record(std::move(a));
+      return;
+    }
     unlease(*e);
     e->attempts = std::max(e->attempts, a.attempt);
     e->last_status = a.status_code;
@@ -222,8 +230,24 @@ class memory_store final : public delivery_store {
   void dead_letter(const std::string& id, const std::string& reason,
                    const attempt_record* a) override {
     std::lock_guard lock(mutex_);
+    dead_letter_locked(id, nullptr, reason, a);
+  }
+
+  void dead_letter_if_held(const std::string& id, const std::string& worker_id,
+                           const std::string& reason, const attempt_record* a) override {
+    std::lock_guard lock(mutex_);
+    dead_letter_locked(id, &worker_id, reason, a);
+  }
+
+  // With `worker`, only while it holds the lease; the attempt is kept anyway.
+  void dead_letter_locked(const std::string& id, const std::string* worker,
+                          const std::string& reason, const attempt_record* a) {
     entry* e = find(id);
     if (e == nullptr) return;
+    if (worker != nullptr && !held_by(*e, *worker)) {
+      if (a != nullptr) record(attempt_record(*a));
+      return;
+    }
     unlease(*e);
     if (a != nullptr) {
       record(attempt_record(*a));
@@ -252,7 +276,7 @@ class memory_store final : public delivery_store {
   void release_locked(const std::string& id, const std::string* worker, time_point next) {
     entry* e = find(id);
     if (e == nullptr) return;
-    if (worker != nullptr && !(e->leased && e->worker != nullptr && *e->worker == *worker)) return;
+    if (worker != nullptr && !held_by(*e, *worker)) return;
     unlease(*e);
     if (e->status != message_status::pending) return;
     unindex(*e);
@@ -495,19 +519,29 @@ class memory_store final : public delivery_store {
   }
 
   void unlease(entry& e) {
-    if (!e.leased) return;
-    leased_.erase({e.lease_until, e.seq, &e});
-    e.leased = false;
+    if (e.leased) {
+      leased_.erase({e.lease_until, e.seq, &e});
+      e.leased = false;
+    }
     pool_.release(e.worker);
     e.worker = nullptr;
   }
 
+  // A lease that ran out makes the message claimable; its holder is remembered until another
+  // claim, so that its late result still counts when nobody took the message over (as in the
+  // SQL stores, which keep lease_owner).
   void expire_leases(time_point now) {
     while (!leased_.empty() && leased_.begin()->at <= now) {
       entry* e = leased_.begin()->e;
-      unlease(*e);
+      leased_.erase(leased_.begin());
+      e->leased = false;
       index(*e);
     }
+  }
+
+  // Whether `worker` holds the lease, or held the one that ran out and nobody claimed since.
+  static bool held_by(const entry& e, const std::string& worker) {
+    return e.worker != nullptr && *e.worker == worker;
   }
 
   void finish(entry& e, message_status s) {

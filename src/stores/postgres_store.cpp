@@ -709,40 +709,73 @@ class postgres_store final : public delivery_store {
   }
 
   void reschedule(const std::string& id, time_point next, const attempt_record& a) override {
-    post("reschedule", [this, id, next, a, key = random_key()] {
+    post_reschedule(id, next, a, {});
+  }
+
+  // Each result is its own committer operation; the committer sends those that queue up in
+  // one pipeline and transaction.
+  void record_results(std::vector<attempt_result>& results) override {
+    for (auto& r : results) {
+      if (r.retry_at) {
+        post_reschedule(r.message_id, *r.retry_at, r.attempt, r.worker_id);
+      } else {
+        complete(r.message_id, r.attempt);
+      }
+    }
+    results.clear();
+  }
+
+  // With a `worker`, only while it holds the lease (the attempt is recorded either way).
+  void post_reschedule(const std::string& id, time_point next, const attempt_record& a,
+                       const std::string& worker) {
+    post("reschedule", [this, id, next, a, worker, key = random_key()] {
       auto p = attempt_params(key, a);
-      p.add(to_ns(attempt_end(a))).add(id).add(to_ns(next));
+      p.add(to_ns(attempt_end(a))).add(id).add(to_ns(next)).add(worker);
       batch_send(std::string(kAttemptCte) +
                      "UPDATE messages SET next_attempt_at = $19::bigint, "
                      "lease_owner = NULL, lease_until = NULL, attempts = CASE WHEN "
                      "$8::int > 0 THEN GREATEST(attempts, $8::int) ELSE attempts + 1 END, "
                      "last_status = $11::int, last_error = CASE WHEN $12 = '' THEN "
                      "'HTTP ' || $11 ELSE $12 END, updated_at = $17::bigint "
-                     "WHERE id = $18 AND status = 'pending'",
+                     "WHERE id = $18 AND status = 'pending' AND "
+                     "($20::text = '' OR lease_owner = $20::text)",
                  p);
     });
   }
 
   void dead_letter(const std::string& id, const std::string& reason,
                    const attempt_record* a) override {
+    post_dead_letter(id, {}, reason, a);
+  }
+
+  void dead_letter_if_held(const std::string& id, const std::string& worker_id,
+                           const std::string& reason, const attempt_record* a) override {
+    post_dead_letter(id, worker_id, reason, a);
+  }
+
+  // With a `worker`, only while it holds the lease (the attempt is recorded either way).
+  void post_dead_letter(const std::string& id, const std::string& worker, const std::string& reason,
+                        const attempt_record* a) {
     if (!a) {
-      post("dead_letter", [this, id, reason, now = std::chrono::system_clock::now()] {
+      post("dead_letter", [this, id, worker, reason, now = std::chrono::system_clock::now()] {
         batch_send(
             "UPDATE messages SET status = 'dead', lease_owner = NULL, lease_until = NULL, "
-            "last_error = $2, updated_at = $3::bigint WHERE id = $1 AND status = 'pending'",
-            params().add(id).add(reason).add(to_ns(now)));
+            "last_error = $2, updated_at = $3::bigint WHERE id = $1 AND status = 'pending' "
+            "AND ($4::text = '' OR lease_owner = $4::text)",
+            params().add(id).add(reason).add(to_ns(now)).add(worker));
       });
       return;
     }
-    post("dead_letter", [this, id, reason, a = *a, key = random_key()] {
+    post("dead_letter", [this, id, worker, reason, a = *a, key = random_key()] {
       auto p = attempt_params(key, a);
-      p.add(to_ns(attempt_end(a))).add(id).add(reason);
+      p.add(to_ns(attempt_end(a))).add(id).add(reason).add(worker);
       batch_send(std::string(kAttemptCte) +
                      "UPDATE messages SET status = 'dead', lease_owner = NULL, "
                      "lease_until = NULL, attempts = CASE WHEN $8::int > 0 THEN "
                      "GREATEST(attempts, $8::int) ELSE attempts + 1 END, "
                      "last_status = $11::int, last_error = $19, updated_at = $17::bigint "
-                     "WHERE id = $18 AND status = 'pending'",
+                     "WHERE id = $18 AND status = 'pending' AND "
+                     "($20::text = '' OR lease_owner = $20::text)",
                  p);
     });
   }

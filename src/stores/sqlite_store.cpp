@@ -608,7 +608,7 @@ class sqlite_store final : public delivery_store {
           sink.attempts.reserve(batch.size());
           for (const auto& r : batch) {
             if (r.retry_at) {
-              write_reschedule(r.message_id, *r.retry_at, r.attempt, &sink);
+              write_reschedule(r.message_id, *r.retry_at, r.attempt, &sink, r.worker_id);
             } else {
               write_complete(r.message_id, r.attempt, &sink);
             }
@@ -631,15 +631,17 @@ class sqlite_store final : public delivery_store {
     record_if_known(id, a, sink);
   }
 
+  // With a `worker`, only while it holds the lease (the attempt is recorded either way).
   void write_reschedule(const std::string& id, time_point next, const attempt_record& a,
-                        result_sink* sink = nullptr) {
+                        result_sink* sink = nullptr, const std::string& worker = {}) {
     auto s = writer_->use(
         "UPDATE messages SET next_attempt_at = ?5, lease_owner = NULL, lease_until = NULL, "
         "attempts = CASE WHEN ?2 > 0 THEN max(attempts, ?2) ELSE attempts + 1 END, "
         "last_status = ?3, last_error = CASE WHEN ?4 = '' THEN 'HTTP ' || ?3 ELSE ?4 END, "
-        "updated_at = ?6 WHERE id = ?1 AND status = 'pending'");
+        "updated_at = ?6 WHERE id = ?1 AND status = 'pending' AND "
+        "(?7 = '' OR lease_owner = ?7)");
     s->bind(1, id).bind(2, a.attempt).bind(3, a.status_code).bind(4, a.error);
-    s->bind(5, to_ns(next)).bind(6, to_ns(attempt_end(a)));
+    s->bind(5, to_ns(next)).bind(6, to_ns(attempt_end(a))).bind(7, worker);
     s->run();
     record_if_known(id, a, sink);
   }
@@ -668,15 +670,27 @@ class sqlite_store final : public delivery_store {
 
   void dead_letter(const std::string& id, const std::string& reason,
                    const attempt_record* a) override {
+    post_dead_letter(id, {}, reason, a);
+  }
+
+  void dead_letter_if_held(const std::string& id, const std::string& worker_id,
+                           const std::string& reason, const attempt_record* a) override {
+    post_dead_letter(id, worker_id, reason, a);
+  }
+
+  // With a `worker`, only while it holds the lease (the attempt is recorded either way).
+  void post_dead_letter(const std::string& id, const std::string& worker, const std::string& reason,
+                        const attempt_record* a) {
     std::optional<attempt_record> copy;
     if (a) copy = *a;
-    post("dead_letter", [this, id, reason, copy] {
+    post("dead_letter", [this, id, worker, reason, copy] {
       auto s = writer_->use(
           "UPDATE messages SET status = 'dead', lease_owner = NULL, lease_until = NULL, "
           "attempts = CASE WHEN ?2 IS NULL THEN attempts WHEN ?2 > 0 THEN max(attempts, ?2) "
           "ELSE attempts + 1 END, last_status = coalesce(?3, last_status), last_error = ?4, "
-          "updated_at = ?5 WHERE id = ?1 AND status = 'pending'");
-      s->bind(1, id).bind(4, reason);
+          "updated_at = ?5 WHERE id = ?1 AND status = 'pending' AND "
+          "(?6 = '' OR lease_owner = ?6)");
+      s->bind(1, id).bind(4, reason).bind(6, worker);
       if (copy) {
         s->bind(2, copy->attempt).bind(3, copy->status_code).bind(5, to_ns(attempt_end(*copy)));
       } else {
