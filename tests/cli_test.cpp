@@ -81,6 +81,8 @@ TEST(cli_help, every_subcommand_has_help_with_examples) {
                                        {"publish"},
                                        {"worker"},
                                        {"deliveries"},
+                                       {"attempts"},
+                                       {"stats"},
                                        {"redeliver"},
                                        {"recover"},
                                        {"subscriptions", "validate"},
@@ -354,6 +356,84 @@ TEST_F(cli, deliveries_redeliver_and_recover_work_on_a_store) {
     ids.insert(req.header("webhook-id").value_or(""));
   EXPECT_TRUE(ids.count(dead[0]["id"].get<std::string>()));
   EXPECT_TRUE(ids.count(dead[1]["id"].get<std::string>()));
+}
+
+// The attempt log and the statistics of a store, for an operator asking why a message failed.
+TEST_F(cli, attempts_and_stats_show_each_attempt_and_the_counts_of_a_store) {
+  server_.script("/flaky", {response::of(500, "try later"), response::of(503)});
+  server_.respond_always("/bad", response::of(400, "no such folder"));
+  const auto subs = file("subs.json", json::array({sub("f", "/flaky"), sub("b", "/bad")}).dump());
+  const std::string store = "sqlite:" + path("outbox.db");
+  const auto events = file("e.jsonl", event_line("Create", "/Root/Content/x.txt"));
+  auto r = hookline({"dispatch", "--subscriptions", subs, "--store", store, "--allow-private",
+                     "--retry-schedule", "0.1,0.1,0.1", events});
+  ASSERT_EQ(r.code, 0) << r.err;
+  ASSERT_EQ(r.summary()["delivered"], 1);
+  ASSERT_EQ(r.summary()["dead"], 1);
+
+  r = hookline({"attempts", "--store", store, "--subscription", "f", "--json"});
+  ASSERT_EQ(r.code, 0) << r.err;
+  std::vector<json> log;
+  std::istringstream lines(r.out);
+  for (std::string l; std::getline(lines, l);) log.push_back(json::parse(l));
+  ASSERT_EQ(log.size(), 3u) << r.out;
+  // Oldest first: 500 with its response body kept, then 503, then 200.
+  EXPECT_EQ(log[0]["statusCode"], 500);
+  EXPECT_EQ(log[0]["success"], false);
+  EXPECT_EQ(log[0]["responseHead"], "try later");
+  EXPECT_EQ(log[0]["url"], server_.url("/flaky"));
+  EXPECT_EQ(log[1]["statusCode"], 503);
+  EXPECT_EQ(log[2]["statusCode"], 200);
+  EXPECT_EQ(log[2]["success"], true);
+  EXPECT_EQ(log[2]["attempt"], 3);
+  EXPECT_EQ(log[2]["messageId"], log[0]["messageId"]);
+
+  const std::string bad_id = [&] {
+    auto all = hookline({"attempts", "--store", store, "--json"});
+    std::istringstream in(all.out);
+    for (std::string l; std::getline(in, l);) {
+      auto j = json::parse(l);
+      if (j["subscriptionId"] == "b") return j["messageId"].get<std::string>();
+    }
+    return std::string();
+  }();
+  ASSERT_FALSE(bad_id.empty());
+  r = hookline({"attempts", "--store", store, "--message", bad_id});
+  ASSERT_EQ(r.code, 0) << r.err;
+  EXPECT_NE(r.out.find("STARTED"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("no such folder"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("400"), std::string::npos) << r.out;
+  EXPECT_EQ(r.out.find("/flaky"), std::string::npos) << r.out;
+  // Nothing started in the future; a bad date is refused by name.
+  r = hookline({"attempts", "--store", store, "--since", "2099-01-01T00:00:00Z", "--json"});
+  EXPECT_EQ(r.code, 0) << r.err;
+  EXPECT_TRUE(r.out.empty()) << r.out;
+  r = hookline({"attempts", "--store", store, "--since", "soon"});
+  EXPECT_EQ(r.code, 2);
+  EXPECT_NE(r.err.find("--since"), std::string::npos) << r.err;
+  EXPECT_EQ(hookline({"attempts", "--store", "sqlite:" + path("nothing.db")}).code, 2);
+
+  r = hookline({"stats", "--store", store, "--subscription", "f", "--subscription", "b",
+                "--subscription", "none", "--json"});
+  ASSERT_EQ(r.code, 0) << r.err;
+  std::vector<json> st;
+  std::istringstream st_lines(r.out);
+  for (std::string l; std::getline(st_lines, l);) st.push_back(json::parse(l));
+  ASSERT_EQ(st.size(), 3u) << r.out;
+  EXPECT_EQ(st[0]["subscriptionId"], "f");
+  EXPECT_EQ(st[0]["calls"], 3);
+  EXPECT_EQ(st[0]["status2xx"], 1);
+  EXPECT_EQ(st[0]["status5xx"], 2);
+  EXPECT_EQ(st[0]["failures"], 2);
+  EXPECT_NEAR(st[0]["successRate"].get<double>(), 1.0 / 3.0, 1e-9);
+  EXPECT_EQ(st[1]["calls"], 1);
+  EXPECT_EQ(st[1]["status4xx"], 1);
+  EXPECT_EQ(st[2]["calls"], 0);
+  r = hookline({"stats", "--store", store, "--subscription", "f"});
+  ASSERT_EQ(r.code, 0) << r.err;
+  EXPECT_NE(r.out.find("SUCCESS"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("33.3%"), std::string::npos) << r.out;
+  EXPECT_EQ(hookline({"stats", "--store", store}).code, 2) << "--subscription is required";
 }
 
 TEST_F(cli, subscriptions_validate_names_every_broken_field) {

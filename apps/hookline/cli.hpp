@@ -184,6 +184,23 @@ struct deliveries_flags {
   std::size_t limit = 1000;
 };
 int run_deliveries(const deliveries_flags& f);
+
+struct attempts_flags {
+  std::string store;
+  std::string message;
+  std::string subscription;
+  std::string since;  ///< ISO 8601; empty: all
+  bool json = false;
+  std::size_t limit = 1000;
+};
+int run_attempts(const attempts_flags& f);
+
+struct stats_flags {
+  std::string store;
+  std::vector<std::string> subscriptions;
+  bool json = false;
+};
+int run_stats(const stats_flags& f);
 int run_redeliver(const std::string& store, const std::string& message_id);
 int run_recover(const std::string& store, const std::string& subscription_id,
                 const std::string& since);

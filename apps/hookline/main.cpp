@@ -151,6 +151,39 @@ int main(int argc, char** argv) {
       "  hookline deliveries --store sqlite:outbox.db --status dead --subscription docs --json\n"
       "Exit codes: 0 ok; 2 bad arguments or no such store.");
 
+  // attempts
+  attempts_flags attempts_f;
+  auto* attempts = app.add_subcommand(
+      "attempts", "List the attempt log of a store: each HTTP attempt and how it ended");
+  attempts->add_option("--store", attempts_f.store, "Store URI")->required();
+  attempts->add_option("--message", attempts_f.message, "Only this message (webhook-id)");
+  attempts->add_option("--subscription", attempts_f.subscription, "Only this subscription id");
+  attempts->add_option("--since", attempts_f.since, "Only attempts started since then (ISO 8601)");
+  attempts->add_flag("--json", attempts_f.json, "One JSON object per line instead of a table");
+  attempts->add_option("--limit", attempts_f.limit,
+                       "The most recent this many (default 1000), listed oldest first");
+  attempts->footer(
+      "Examples:\n"
+      "  hookline attempts --store sqlite:outbox.db --message msg_2Qx...\n"
+      "  hookline attempts --store sqlite:outbox.db --subscription docs --since "
+      "2026-11-27T08:00:00Z --json\n"
+      "Exit codes: 0 ok; 2 bad arguments or no such store.");
+
+  // stats
+  stats_flags stats_f;
+  auto* stats = app.add_subcommand(
+      "stats", "Per-subscription statistics: calls, responses by class, failures, bytes");
+  stats->add_option("--store", stats_f.store, "Store URI")->required();
+  stats->add_option("--subscription", stats_f.subscriptions, "Subscription id (repeatable)")
+      ->required();
+  stats->add_flag("--json", stats_f.json, "One JSON object per line instead of a table");
+  stats->footer(
+      "Examples:\n"
+      "  hookline stats --store sqlite:outbox.db --subscription docs --subscription crm\n"
+      "Counts every attempt since the store was created (pruning keeps them). A subscription\n"
+      "without attempts shows zeros.\n"
+      "Exit codes: 0 ok; 2 bad arguments or no such store.");
+
   // redeliver
   std::string redeliver_store, redeliver_id;
   auto* redeliver =
@@ -282,6 +315,8 @@ int main(int argc, char** argv) {
       return run_worker(worker_f);
     }
     if (deliveries->parsed()) return run_deliveries(deliveries_f);
+    if (attempts->parsed()) return run_attempts(attempts_f);
+    if (stats->parsed()) return run_stats(stats_f);
     if (redeliver->parsed()) return run_redeliver(redeliver_store, redeliver_id);
     if (recover->parsed()) return run_recover(recover_store, recover_sub, recover_since);
     if (validate_cmd->parsed()) return run_validate(validate_file);

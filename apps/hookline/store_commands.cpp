@@ -1,5 +1,7 @@
-// deliveries, redeliver and recover: operator commands that work on a store directly, so they
-// need no subscriptions file and never send anything themselves (a worker delivers).
+// deliveries, attempts, stats, redeliver and recover: operator commands that work on a store
+// directly, so they need no subscriptions file and never send anything themselves (a worker
+// delivers).
+#include <cstdio>
 #include <filesystem>
 #include <iostream>
 
@@ -60,19 +62,9 @@ std::string clip(std::string s, std::size_t max) {
   return s;
 }
 
-void print_table(const std::vector<message>& ms) {
-  const std::vector<std::string> head = {"MESSAGE", "SUBSCRIPTION", "EVENT",
-                                         "STATUS",  "ATTEMPTS",     "HTTP",
-                                         "CREATED", "NEXT ATTEMPT", "LAST ERROR"};
-  std::vector<std::vector<std::string>> rows;
-  for (const auto& m : ms) {
-    rows.push_back({m.id, m.subscription_id, m.event_name, std::string(to_string(m.status)),
-                    std::to_string(m.attempts),
-                    m.last_status ? std::to_string(m.last_status) : std::string("-"),
-                    when(m.created_at),
-                    m.status == message_status::pending ? when(m.next_attempt_at) : "-",
-                    m.last_error.empty() ? std::string("-") : clip(m.last_error, 70)});
-  }
+// Columns padded to their widest cell, two spaces apart.
+void print_table(const std::vector<std::string>& head,
+                 const std::vector<std::vector<std::string>>& rows) {
   std::vector<std::size_t> width(head.size());
   for (std::size_t i = 0; i < head.size(); ++i) width[i] = head[i].size();
   for (const auto& r : rows) {
@@ -88,6 +80,85 @@ void print_table(const std::vector<message>& ms) {
   };
   print(head);
   for (const auto& r : rows) print(r);
+}
+
+void print_messages(const std::vector<message>& ms) {
+  std::vector<std::vector<std::string>> rows;
+  for (const auto& m : ms) {
+    rows.push_back({m.id, m.subscription_id, m.event_name, std::string(to_string(m.status)),
+                    std::to_string(m.attempts),
+                    m.last_status ? std::to_string(m.last_status) : std::string("-"),
+                    when(m.created_at),
+                    m.status == message_status::pending ? when(m.next_attempt_at) : "-",
+                    m.last_error.empty() ? std::string("-") : clip(m.last_error, 70)});
+  }
+  print_table({"MESSAGE", "SUBSCRIPTION", "EVENT", "STATUS", "ATTEMPTS", "HTTP", "CREATED",
+               "NEXT ATTEMPT", "LAST ERROR"},
+              rows);
+}
+
+nlohmann::json attempt_json(const attempt_record& a) {
+  return {{"messageId", a.message_id},
+          {"subscriptionId", a.subscription_id},
+          {"eventId", a.event_id},
+          {"eventName", a.event_name},
+          {"url", a.url},
+          {"httpMethod", a.http_method},
+          {"attempt", a.attempt},
+          {"startedAt", format_iso8601(a.started_at)},
+          {"durationMs", static_cast<double>(a.duration.count()) / 1000.0},
+          {"statusCode", a.status_code},
+          {"success", a.success},
+          {"error", a.error},
+          {"requestLength", a.request_length},
+          {"responseLength", a.response_length},
+          {"responseHead", a.response_head}};
+}
+
+std::string milliseconds_text(std::chrono::microseconds d) {
+  char buf[32];
+  std::snprintf(buf, sizeof buf, "%.1f ms", static_cast<double>(d.count()) / 1000.0);
+  return buf;
+}
+
+void print_attempts(const std::vector<attempt_record>& as) {
+  std::vector<std::vector<std::string>> rows;
+  for (const auto& a : as) {
+    rows.push_back({when(a.started_at), a.message_id, a.subscription_id, std::to_string(a.attempt),
+                    a.status_code ? std::to_string(a.status_code) : std::string("-"),
+                    milliseconds_text(a.duration), a.success ? std::string("ok") : "failed",
+                    a.error.empty() ? std::string("-") : clip(a.error, 60),
+                    a.response_head.empty() ? std::string("-") : clip(a.response_head, 40)});
+  }
+  print_table({"STARTED", "MESSAGE", "SUBSCRIPTION", "ATTEMPT", "HTTP", "DURATION", "RESULT",
+               "ERROR", "RESPONSE"},
+              rows);
+}
+
+nlohmann::json stats_json(const std::string& id, const subscription_stats& st) {
+  return {{"subscriptionId", id},
+          {"calls", st.calls},
+          {"status1xx", st.status_1xx},
+          {"status2xx", st.status_2xx},
+          {"status3xx", st.status_3xx},
+          {"status4xx", st.status_4xx},
+          {"status5xx", st.status_5xx},
+          {"failures", st.failures},
+          {"errors", st.errors},
+          {"successRate", st.success_rate()},
+          {"requestBytes", st.request_bytes},
+          {"responseBytes", st.response_bytes}};
+}
+
+time_point parse_since(const std::string& since) {
+  if (since.empty()) return time_point{};
+  auto t = parse_iso8601(since);
+  if (!t) {
+    throw usage_error("--since: \"" + since +
+                      "\" is not an ISO 8601 date or time (e.g. 2026-11-27 or "
+                      "2026-11-27T08:00:00Z)");
+  }
+  return *t;
 }
 
 }  // namespace
@@ -106,7 +177,51 @@ int run_deliveries(const deliveries_flags& f) {
   if (f.json) {
     for (const auto& m : ms) std::cout << message_json(m).dump() << "\n";
   } else {
-    print_table(ms);
+    print_messages(ms);
+  }
+  std::cout.flush();
+  return exit_ok;
+}
+
+int run_attempts(const attempts_flags& f) {
+  attempt_query q;
+  if (!f.message.empty()) q.message_id = f.message;
+  if (!f.subscription.empty()) q.subscription_id = f.subscription;
+  if (!f.since.empty()) q.since = parse_since(f.since);
+  q.limit = f.limit;
+  auto store = open_existing_store(f.store);
+  const auto as = store->attempts(q);
+  if (f.json) {
+    for (const auto& a : as) std::cout << attempt_json(a).dump() << "\n";
+  } else {
+    print_attempts(as);
+  }
+  std::cout.flush();
+  return exit_ok;
+}
+
+int run_stats(const stats_flags& f) {
+  auto store = open_existing_store(f.store);
+  std::vector<std::vector<std::string>> rows;
+  for (const auto& id : f.subscriptions) {
+    const auto st = store->stats(id);
+    if (f.json) {
+      std::cout << stats_json(id, st).dump() << "\n";
+      continue;
+    }
+    char rate[16];
+    std::snprintf(rate, sizeof rate, "%.1f%%", st.success_rate() * 100.0);
+    rows.push_back({id, std::to_string(st.calls), std::to_string(st.status_1xx),
+                    std::to_string(st.status_2xx), std::to_string(st.status_3xx),
+                    std::to_string(st.status_4xx), std::to_string(st.status_5xx),
+                    std::to_string(st.failures), std::to_string(st.errors),
+                    st.calls ? std::string(rate) : std::string("-"),
+                    std::to_string(st.request_bytes), std::to_string(st.response_bytes)});
+  }
+  if (!f.json) {
+    print_table({"SUBSCRIPTION", "CALLS", "1XX", "2XX", "3XX", "4XX", "5XX", "FAILURES", "ERRORS",
+                 "SUCCESS", "REQUEST BYTES", "RESPONSE BYTES"},
+                rows);
   }
   std::cout.flush();
   return exit_ok;
@@ -125,16 +240,7 @@ int run_redeliver(const std::string& uri, const std::string& message_id) {
 
 int run_recover(const std::string& uri, const std::string& subscription_id,
                 const std::string& since) {
-  time_point from{};
-  if (!since.empty()) {
-    auto t = parse_iso8601(since);
-    if (!t) {
-      throw usage_error("--since: \"" + since +
-                        "\" is not an ISO 8601 date or time (e.g. 2026-11-27 or "
-                        "2026-11-27T08:00:00Z)");
-    }
-    from = *t;
-  }
+  const time_point from = parse_since(since);
   auto store = open_existing_store(uri);
   const auto n = store->recover(subscription_id, from, std::chrono::system_clock::now());
   std::cout << "recovered " << n << " dead message" << (n == 1 ? "" : "s") << " of subscription \""
