@@ -305,6 +305,20 @@ TEST_F(sqlite_store, batched_writes_keep_no_statement_journal) {
   EXPECT_EQ(after_enqueue, 0) << "statement journals spilled while inserting messages";
   EXPECT_EQ(after_first_claim, 0) << "statement journals spilled while leasing a claim";
   EXPECT_EQ(counter.opened.load(), 0) << "statement journals spilled while recording attempts";
+  // The control: a statement that does need one (an UPDATE of every row, which a NOT NULL
+  // column could abort midway, inside a transaction) is counted. A SQLite built to keep
+  // temporary files in memory fails here rather than passing the checks above untested.
+  sqlite3* db = nullptr;
+  ASSERT_EQ(sqlite3_open_v2(path_.c_str(), &db, SQLITE_OPEN_READWRITE, nullptr), SQLITE_OK);
+  sqlite3_busy_timeout(db, 5000);
+  EXPECT_EQ(sqlite3_exec(db,
+                         "BEGIN IMMEDIATE; UPDATE messages SET last_error = 'x' || id; "
+                         "UPDATE messages SET last_error = ''; ROLLBACK",
+                         nullptr, nullptr, nullptr),
+            SQLITE_OK)
+      << sqlite3_errmsg(db);
+  sqlite3_close(db);
+  EXPECT_GT(counter.opened.load(), 0) << "the counter saw no statement journal at all";
 }
 
 // Checkpoints keep the WAL short: about 40 MB of messages go through a WAL that stays a small
