@@ -1014,14 +1014,16 @@ TEST(dispatcher, an_endpoint_that_stops_answering_gives_back_its_long_queue) {
 }
 
 // A worker whose lease ran out while its request was under way (a stalled process, a slow
-// store) and whose message another worker took over: its late failure must not free the other's
-// lease, or a third worker would send the message while the second still is.
-TEST(dispatcher, a_late_failure_leaves_the_lease_another_worker_took_over_alone) {
+// store) and whose message another worker took over: its late failure must not move the message.
+// A retry time would free the other's lease (a third send while the second is under way); a
+// give-up would end it dead while the other may still deliver it. Runs the first worker's request
+// to `first_answer`, the second's to a 204, and checks the message between the two answers.
+void check_a_late_result_leaves_the_other_workers_lease(int first_answer) {
   test_server server;
   std::atomic<int> requests{0};
   server.on("/ep", [&](const test::recorded_request&) {
     // The first worker's request fails late; the second's succeeds later still.
-    return ++requests == 1 ? response::slow(1s, 500) : response::slow(3s, 204);
+    return ++requests == 1 ? response::slow(1s, first_answer) : response::slow(3s, 204);
   });
   auto store = make_store("memory:");
   const auto start = std::chrono::system_clock::now();
@@ -1042,7 +1044,7 @@ TEST(dispatcher, a_late_failure_leaves_the_lease_another_worker_took_over_alone)
   hub second(o);
   second.subscriptions().add(make_sub("s", server.url("/ep")));
   ASSERT_TRUE(eventually([&] { return requests == 2; }));
-  // The first worker's 500 comes back and is logged; the second still holds the lease.
+  // The first worker's answer comes back and is logged; the second still holds the lease.
   ASSERT_TRUE(eventually([&] {
     attempt_query q;
     q.message_id = id;
@@ -1050,9 +1052,19 @@ TEST(dispatcher, a_late_failure_leaves_the_lease_another_worker_took_over_alone)
   }));
   EXPECT_EQ(store->counts(second_clock->now()).in_flight, 1u);
   EXPECT_EQ(requests, 2);
-  EXPECT_EQ(stored(first, id).status, message_status::pending);
+  const auto between = stored(first, id);
+  EXPECT_EQ(between.status, message_status::pending);
+  EXPECT_EQ(between.last_status, 0) << "the first worker's answer moved the message";
   ASSERT_TRUE(eventually([&] { return stored(first, id).status == message_status::delivered; }));
   EXPECT_EQ(requests, 2);
+}
+
+TEST(dispatcher, a_late_failure_leaves_the_lease_another_worker_took_over_alone) {
+  check_a_late_result_leaves_the_other_workers_lease(500);
+}
+
+TEST(dispatcher, a_late_give_up_leaves_the_message_another_worker_took_over_alone) {
+  check_a_late_result_leaves_the_other_workers_lease(400);
 }
 
 TEST(dispatcher, statistics_count_per_subscription) {

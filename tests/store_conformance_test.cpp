@@ -492,10 +492,16 @@ TEST_P(store_conformance, a_late_result_leaves_a_message_another_worker_took_ove
   store_->record_results(late);
   const auto c_failed = make_attempt(c, 1, 400, t0_ + 31s, false);
   store_->dead_letter_if_held("c", "w1", "HTTP 400", &c_failed);
-  EXPECT_EQ(store_->get("a")->status, message_status::pending);
+  store_->dead_letter_if_held("a", "w1", "given up without an attempt", nullptr);
+  const auto a_after = *store_->get("a");
+  EXPECT_EQ(a_after.status, message_status::pending);
+  EXPECT_EQ(a_after.attempts, 0);
+  EXPECT_EQ(a_after.last_status, 0);
+  EXPECT_EQ(a_after.last_error, "");
   EXPECT_EQ(store_->get("b")->status, message_status::delivered);
   EXPECT_EQ(store_->get("c")->status, message_status::pending);
   EXPECT_EQ(store_->counts(t0_ + 32s).in_flight, 2u) << "w2 still holds a and c";
+  EXPECT_EQ(store_->stats("s1").calls, 3u) << "the ignored attempts count in the statistics";
   EXPECT_EQ(ids(store_->claim(claim_at(t0_ + 32s, 10, "w3"))), (std::vector<std::string>{"d"}));
   EXPECT_EQ(store_->attempts(aq()).size(), 3u) << "every attempt is in the log";
   // The holder's own results move the message.
@@ -527,6 +533,23 @@ TEST_P(store_conformance, release_worker_frees_only_that_workers_leases) {
   auto again = store_->claim(claim_at(t0_ + 1s, 10, "w3"));
   EXPECT_EQ(again.size(), 2u);
   EXPECT_EQ(store_->counts(t0_ + 1s).in_flight, 3u);
+}
+
+// A lease that ran out, seen by a claim that took another message, is still its worker's until
+// release_worker() lets go of it: then that worker's late result no longer moves the message.
+TEST_P(store_conformance, release_worker_also_lets_go_of_leases_that_ran_out) {
+  put({make_message("a", "s1", t0_ + 5s)});
+  ASSERT_EQ(ids(store_->claim(claim_at(t0_ + 5s, 1, "w1"))), (std::vector<std::string>{"a"}));
+  put({make_message("b", "s1", t0_)});
+  // w1's lease on "a" ran out at +35 s; this claim sees that and takes only "b", due earlier.
+  ASSERT_EQ(ids(store_->claim(claim_at(t0_ + 36s, 1, "w2"))), (std::vector<std::string>{"b"}));
+  EXPECT_EQ(store_->release_worker("w1"), 1u);
+  const auto a = *store_->get("a");
+  std::vector<attempt_result> late;
+  late.push_back({"a", t0_ + 1h, make_attempt(a, 1, 503, t0_ + 37s, false), "w1"});
+  store_->record_results(late);
+  EXPECT_EQ(store_->get("a")->last_status, 0);
+  EXPECT_EQ(ids(store_->claim(claim_at(t0_ + 38s, 10, "w3"))), (std::vector<std::string>{"a"}));
 }
 
 // enqueue_claimed(): the first `count` unordered messages are stored leased to the publisher's

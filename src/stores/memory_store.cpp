@@ -288,12 +288,22 @@ class memory_store final : public delivery_store {
     std::lock_guard lock(mutex_);
     std::vector<entry*> mine;
     for (const auto& k : leased_)
-      if (k.e->worker != nullptr && *k.e->worker == worker_id) mine.push_back(k.e);
+      if (held_by(*k.e, worker_id)) mine.push_back(k.e);
     for (entry* e : mine) {
       unlease(*e);
       index(*e);
     }
-    return mine.size();
+    // Its leases that ran out and nobody claimed since: forgotten too, as the SQL stores clear
+    // lease_owner (they are claimable already). A stop or a dead worker's cleanup, so a scan.
+    std::size_t ran_out = 0;
+    for (auto& [seq, e] : entries_) {
+      if (!e.leased && held_by(e, worker_id)) {
+        pool_.release(e.worker);
+        e.worker = nullptr;
+        ++ran_out;
+      }
+    }
+    return mine.size() + ran_out;
   }
 
   bool redeliver(const std::string& id, time_point now) override {
