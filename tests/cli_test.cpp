@@ -436,6 +436,30 @@ TEST_F(cli, attempts_and_stats_show_each_attempt_and_the_counts_of_a_store) {
   EXPECT_EQ(hookline({"stats", "--store", store}).code, 2) << "--subscription is required";
 }
 
+// A receiver's answer is not checked text: bytes that are not UTF-8 and terminal escape
+// sequences must neither stop the listing nor reach the operator's terminal.
+TEST_F(cli, attempts_show_a_receivers_raw_answer_safely) {
+  server_.respond_always("/odd", response::of(400, "caf\xC3 \x1b]0;pwned\x07\x1b[31mred"));
+  const auto subs = file("subs.json", json::array({sub("o", "/odd")}).dump());
+  const std::string store = "sqlite:" + path("outbox.db");
+  const auto events = file("e.jsonl", event_line("Create", "/Root/Content/x.txt"));
+  auto r =
+      hookline({"dispatch", "--subscriptions", subs, "--store", store, "--allow-private", events});
+  ASSERT_EQ(r.code, 0) << r.err;
+  r = hookline({"attempts", "--store", store + "?synchronous=full", "--json"});
+  ASSERT_EQ(r.code, 0) << r.err;
+  const auto j = json::parse(r.out);
+  EXPECT_EQ(j["statusCode"], 400);
+  EXPECT_EQ(j["responseHead"].get<std::string>().rfind("caf\xEF\xBF\xBD", 0), 0u)
+      << "the broken byte becomes U+FFFD: " << j["responseHead"];
+  r = hookline({"attempts", "--store", store});
+  ASSERT_EQ(r.code, 0) << r.err;
+  EXPECT_EQ(r.out.find('\x1b'), std::string::npos) << "an escape sequence reached the terminal";
+  EXPECT_EQ(r.out.find('\x07'), std::string::npos);
+  EXPECT_NE(r.out.find("pwned"), std::string::npos) << r.out;
+  EXPECT_EQ(hookline({"attempts", "--store", store, "--limit", "0"}).code, 2);
+}
+
 TEST_F(cli, subscriptions_validate_names_every_broken_field) {
   const auto f = file("subs.json", R"([
   {"id": "ok", "url": "https://hooks.example.com/a"},

@@ -144,7 +144,8 @@ int main(int argc, char** argv) {
       ->check(CLI::IsMember({"pending", "delivered", "dead"}));
   deliveries->add_option("--subscription", deliveries_f.subscription, "Only this subscription id");
   deliveries->add_flag("--json", deliveries_f.json, "One JSON object per line instead of a table");
-  deliveries->add_option("--limit", deliveries_f.limit, "At most this many (default 1000)");
+  deliveries->add_option("--limit", deliveries_f.limit, "At most this many (default 1000)")
+      ->check(CLI::PositiveNumber);
   deliveries->footer(
       "Examples:\n"
       "  hookline deliveries --store sqlite:outbox.db\n"
@@ -160,8 +161,10 @@ int main(int argc, char** argv) {
   attempts->add_option("--subscription", attempts_f.subscription, "Only this subscription id");
   attempts->add_option("--since", attempts_f.since, "Only attempts started since then (ISO 8601)");
   attempts->add_flag("--json", attempts_f.json, "One JSON object per line instead of a table");
-  attempts->add_option("--limit", attempts_f.limit,
-                       "The most recent this many (default 1000), listed oldest first");
+  attempts
+      ->add_option("--limit", attempts_f.limit,
+                   "The most recent this many (default 1000), listed oldest first")
+      ->check(CLI::PositiveNumber);
   attempts->footer(
       "Examples:\n"
       "  hookline attempts --store sqlite:outbox.db --message msg_2Qx...\n"

@@ -15,7 +15,8 @@ namespace {
 std::shared_ptr<delivery_store> open_existing_store(const std::string& uri) {
   constexpr std::string_view sqlite = "sqlite:";
   if (uri.rfind(sqlite, 0) == 0) {
-    const std::string path = uri.substr(sqlite.size());
+    std::string path = uri.substr(sqlite.size());
+    path = path.substr(0, path.find('?'));  // options such as ?synchronous=full
     std::error_code ec;
     if (path != ":memory:" && !std::filesystem::exists(path, ec)) {
       throw usage_error("--store: " + uri + ": no such file");
@@ -54,12 +55,25 @@ nlohmann::json message_json(const message& m) {
   return j;
 }
 
+// One table cell from text a receiver or a network error chose: control characters (which a
+// terminal would act on) become spaces, and a long text is cut at a character boundary.
 std::string clip(std::string s, std::size_t max) {
   for (auto& c : s) {
-    if (c == '\n' || c == '\r' || c == '\t') c = ' ';
+    const auto u = static_cast<unsigned char>(c);
+    if (u < 0x20 || u == 0x7f) c = ' ';
   }
-  if (s.size() > max) s = s.substr(0, max - 3) + "...";
+  if (s.size() > max) {
+    std::size_t cut = max - 3;
+    while (cut > 0 && (static_cast<unsigned char>(s[cut]) & 0xC0) == 0x80) --cut;
+    s = s.substr(0, cut) + "...";
+  }
   return s;
+}
+
+// One JSON line; bytes that are not UTF-8 (a receiver's answer is not checked) become U+FFFD
+// instead of ending the listing.
+std::string json_line(const nlohmann::json& j) {
+  return j.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
 }
 
 // Columns padded to their widest cell, two spaces apart.
@@ -175,7 +189,7 @@ int run_deliveries(const deliveries_flags& f) {
   auto store = open_existing_store(f.store);
   const auto ms = store->query(q);
   if (f.json) {
-    for (const auto& m : ms) std::cout << message_json(m).dump() << "\n";
+    for (const auto& m : ms) std::cout << json_line(message_json(m)) << "\n";
   } else {
     print_messages(ms);
   }
@@ -192,7 +206,7 @@ int run_attempts(const attempts_flags& f) {
   auto store = open_existing_store(f.store);
   const auto as = store->attempts(q);
   if (f.json) {
-    for (const auto& a : as) std::cout << attempt_json(a).dump() << "\n";
+    for (const auto& a : as) std::cout << json_line(attempt_json(a)) << "\n";
   } else {
     print_attempts(as);
   }
@@ -206,7 +220,7 @@ int run_stats(const stats_flags& f) {
   for (const auto& id : f.subscriptions) {
     const auto st = store->stats(id);
     if (f.json) {
-      std::cout << stats_json(id, st).dump() << "\n";
+      std::cout << json_line(stats_json(id, st)) << "\n";
       continue;
     }
     char rate[16];
