@@ -220,9 +220,9 @@ class delivery_store {
 /// wrap a store (a gate, metrics, tracing) and override what the wrapper changes: every member
 /// of delivery_store is forwarded, the ones with a default too (enqueue_claimed(),
 /// record_results(), dead_letter_if_held(), release_if_held(), count_pending(),
-/// wait_for_notification()), so a wrapper
-/// never falls back to a default and loses what the inner store does better (hand-over at
-/// publish, one transaction per batch of results, leases that only their holder releases).
+/// wait_for_notification()), so a wrapper never falls back to a default and loses what the inner
+/// store does better (hand-over at publish, one transaction per batch of results, leases that
+/// only their holder releases or moves).
 /// Mind the pairs: the hub and the dispatcher call enqueue_claimed() as well as enqueue(),
 /// record_results() rather than complete() and reschedule(), dead_letter_if_held() rather than
 /// dead_letter(), release_if_held() rather than release(), and count_pending() rather than
