@@ -1,6 +1,7 @@
-// Crash safety, end to end with the command line tool: publish 3,000 events into a SQLite outbox,
-// SIGKILL a worker mid-flight, let a second worker drain: every message arrives, and duplicates
-// are bounded by what was in flight.
+// Crash safety and scale-out, end to end with the command line tool: publish 3,000 events into a
+// SQLite outbox, SIGKILL a worker mid-flight, let a second worker drain: every message arrives,
+// and duplicates are bounded by what was in flight. And two workers draining one PostgreSQL
+// outbox at once: each message arrives exactly once.
 #include <gtest/gtest.h>
 #include <signal.h>
 
@@ -78,7 +79,8 @@ class crash : public ::testing::Test {
   test::test_server server;
   const std::string subs = write_subscriptions(dir, server);
   const std::string events_file = write_events(dir, events);
-  const std::string store = "sqlite:" + dir.file("outbox.db");
+  std::string store = "sqlite:" + dir.file("outbox.db");
+  int worker_concurrency = concurrency;
 
   /// `hookline COMMAND` with the subscriptions, the store and the delivery options, then `tail`.
   std::vector<std::string> delivering(const std::string& command,
@@ -91,9 +93,9 @@ class crash : public ::testing::Test {
                                   store,
                                   "--allow-private",
                                   "--concurrency",
-                                  std::to_string(concurrency),
+                                  std::to_string(worker_concurrency),
                                   "--endpoint-concurrency",
-                                  std::to_string(concurrency)};
+                                  std::to_string(worker_concurrency)};
     args.insert(args.end(), tail.begin(), tail.end());
     return args;
   }
@@ -201,6 +203,50 @@ TEST_F(crash, sigkilled_dispatch_loses_nothing_it_committed) {
       << duplicates << " duplicates";
   RecordProperty("duplicates", static_cast<int>(duplicates));
   RecordProperty("committed_before_kill", static_cast<int>(stored.size()));
+}
+
+// Scale-out, as issue 4 asks a new user to try it: 3,000 events published into PostgreSQL, two
+// workers started at once with --drain. Each message arrives exactly once (no lease runs out in
+// so short a run) and both workers deliver some.
+TEST_F(crash, two_workers_on_one_postgres_outbox_deliver_each_message_once) {
+  const std::string base = test::test_pg_conninfo();
+  ASSERT_FALSE(base.empty()) << "HOOKLINE_TEST_PG is not set: scripts/test.sh starts PostgreSQL";
+  test::pg_schema schema(base);
+  store = "postgres:" + schema.conninfo();
+  worker_concurrency = 8;  // about 1,600 messages/s each: the drain takes both workers a while
+
+  test::background_process publisher(
+      {bin, "publish", "--subscriptions", subs, "--store", store, events_file},
+      dir.file("publish.out"), dir.file("publish.err"));
+  ASSERT_TRUE(publisher.started());
+  ASSERT_EQ(publisher.wait_for(120s), 0) << publisher.err();
+  ASSERT_EQ(summary(dir.file("publish.out")).value("messages", 0), events) << publisher.out();
+
+  const std::vector<std::string> drain{"--drain", "--drain-timeout", "120"};
+  test::background_process one(delivering("worker", drain), dir.file("one.out"),
+                               dir.file("one.err"));
+  test::background_process two(delivering("worker", drain), dir.file("two.out"),
+                               dir.file("two.err"));
+  ASSERT_TRUE(one.started());
+  ASSERT_TRUE(two.started());
+  ASSERT_EQ(one.wait_for(180s), 0) << one.err();
+  ASSERT_EQ(two.wait_for(180s), 0) << two.err();
+  const auto a = summary(dir.file("one.out"));
+  const auto b = summary(dir.file("two.out"));
+  ASSERT_FALSE(a.is_discarded()) << one.out();
+  ASSERT_FALSE(b.is_discarded()) << two.out();
+  EXPECT_GT(a.value("delivered", 0), 0) << "the first worker did nothing: " << a.dump();
+  EXPECT_GT(b.value("delivered", 0), 0) << "the second worker did nothing: " << b.dump();
+  EXPECT_EQ(a.value("delivered", 0) + b.value("delivered", 0), events) << a.dump() << b.dump();
+  EXPECT_EQ(a.value("pending", -1), 0) << a.dump();
+  EXPECT_EQ(b.value("pending", -1), 0) << b.dump();
+
+  std::map<std::string, int> seen;
+  for (const auto& r : server.requests("/hook")) ++seen[r.header("webhook-id").value_or("")];
+  EXPECT_EQ(seen.size(), static_cast<std::size_t>(events));
+  for (const auto& [id, n] : seen) EXPECT_EQ(n, 1) << id << " arrived " << n << " times";
+  RecordProperty("first_worker_delivered", a.value("delivered", 0));
+  RecordProperty("second_worker_delivered", b.value("delivered", 0));
 }
 
 }  // namespace
