@@ -159,7 +159,8 @@ nlohmann::json stats_json(const std::string& id, const subscription_stats& st) {
           {"status5xx", st.status_5xx},
           {"failures", st.failures},
           {"errors", st.errors},
-          {"successRate", st.success_rate()},
+          // null without calls, as the table's "-": no rate, rather than a rate of 0.
+          {"successRate", st.calls ? nlohmann::json(st.success_rate()) : nlohmann::json(nullptr)},
           {"requestBytes", st.request_bytes},
           {"responseBytes", st.response_bytes}};
 }
