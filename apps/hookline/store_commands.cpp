@@ -5,6 +5,8 @@
 #include <filesystem>
 #include <iostream>
 
+#include <hookline/json.hpp>
+
 #include "cli.hpp"
 
 namespace hookline::cli {
@@ -31,28 +33,6 @@ std::shared_ptr<delivery_store> open_existing_store(const std::string& uri) {
 
 std::string when(time_point t) {
   return t == time_point{} ? std::string("-") : format_iso8601(t);
-}
-
-nlohmann::json message_json(const message& m) {
-  nlohmann::json j = {{"id", m.id},
-                      {"subscriptionId", m.subscription_id},
-                      {"eventId", m.event_id},
-                      {"eventName", m.event_name},
-                      {"url", m.url},
-                      {"httpMethod", m.http_method},
-                      {"status", std::string(to_string(m.status))},
-                      {"attempts", m.attempts},
-                      {"createdAt", format_iso8601(m.created_at)},
-                      {"updatedAt", format_iso8601(m.updated_at)},
-                      {"lastStatus", m.last_status},
-                      {"lastError", m.last_error},
-                      {"ordered", m.ordered},
-                      {"sequence", m.sequence},
-                      {"bodyLength", m.body.size()}};
-  j["nextAttemptAt"] = m.status == message_status::pending
-                           ? nlohmann::json(format_iso8601(m.next_attempt_at))
-                           : nlohmann::json(nullptr);
-  return j;
 }
 
 // One table cell from text a receiver or a network error chose: control characters (which a
@@ -111,24 +91,6 @@ void print_messages(const std::vector<message>& ms) {
               rows);
 }
 
-nlohmann::json attempt_json(const attempt_record& a) {
-  return {{"messageId", a.message_id},
-          {"subscriptionId", a.subscription_id},
-          {"eventId", a.event_id},
-          {"eventName", a.event_name},
-          {"url", a.url},
-          {"httpMethod", a.http_method},
-          {"attempt", a.attempt},
-          {"startedAt", format_iso8601(a.started_at)},
-          {"durationMs", static_cast<double>(a.duration.count()) / 1000.0},
-          {"statusCode", a.status_code},
-          {"success", a.success},
-          {"error", a.error},
-          {"requestLength", a.request_length},
-          {"responseLength", a.response_length},
-          {"responseHead", a.response_head}};
-}
-
 std::string milliseconds_text(std::chrono::microseconds d) {
   char buf[32];
   std::snprintf(buf, sizeof buf, "%.1f ms", static_cast<double>(d.count()) / 1000.0);
@@ -147,22 +109,6 @@ void print_attempts(const std::vector<attempt_record>& as) {
   print_table({"STARTED", "MESSAGE", "SUBSCRIPTION", "ATTEMPT", "HTTP", "DURATION", "RESULT",
                "ERROR", "RESPONSE"},
               rows);
-}
-
-nlohmann::json stats_json(const std::string& id, const subscription_stats& st) {
-  return {{"subscriptionId", id},
-          {"calls", st.calls},
-          {"status1xx", st.status_1xx},
-          {"status2xx", st.status_2xx},
-          {"status3xx", st.status_3xx},
-          {"status4xx", st.status_4xx},
-          {"status5xx", st.status_5xx},
-          {"failures", st.failures},
-          {"errors", st.errors},
-          // null without calls, as the table's "-": no rate, rather than a rate of 0.
-          {"successRate", st.calls ? nlohmann::json(st.success_rate()) : nlohmann::json(nullptr)},
-          {"requestBytes", st.request_bytes},
-          {"responseBytes", st.response_bytes}};
 }
 
 time_point parse_since(const std::string& since) {
@@ -190,7 +136,7 @@ int run_deliveries(const deliveries_flags& f) {
   auto store = open_existing_store(f.store);
   const auto ms = store->query(q);
   if (f.json) {
-    for (const auto& m : ms) std::cout << json_line(message_json(m)) << "\n";
+    for (const auto& m : ms) std::cout << json_line(m) << "\n";
   } else {
     print_messages(ms);
   }
@@ -207,7 +153,7 @@ int run_attempts(const attempts_flags& f) {
   auto store = open_existing_store(f.store);
   const auto as = store->attempts(q);
   if (f.json) {
-    for (const auto& a : as) std::cout << json_line(attempt_json(a)) << "\n";
+    for (const auto& a : as) std::cout << json_line(a) << "\n";
   } else {
     print_attempts(as);
   }
@@ -221,7 +167,9 @@ int run_stats(const stats_flags& f) {
   for (const auto& id : f.subscriptions) {
     const auto st = store->stats(id);
     if (f.json) {
-      std::cout << json_line(stats_json(id, st)) << "\n";
+      nlohmann::json j = st;
+      j["subscriptionId"] = id;
+      std::cout << json_line(j) << "\n";
       continue;
     }
     char rate[16];

@@ -19,6 +19,7 @@
 #include <spdlog/sinks/stdout_sinks.h>
 
 #include "content_tree.hpp"
+#include "hookline/json.hpp"
 
 #include "../common/serve.hpp"
 
@@ -167,7 +168,8 @@ class gated_store final : public hookline::forwarding_store {
 
 void reply(httplib::Response& res, int status, const json& body) {
   res.status = status;
-  res.set_content(body.dump(), "application/json");
+  // Receivers' answers in the attempt log are not checked UTF-8: bad bytes become U+FFFD.
+  res.set_content(body.dump(-1, ' ', false, json::error_handler_t::replace), "application/json");
 }
 
 void reply_error(httplib::Response& res, const op_error& e) {
@@ -216,36 +218,9 @@ json public_subscription(const hookline::subscription& s) {
   return j;
 }
 
-json attempt_json(const hookline::attempt_record& a) {
-  return {{"messageId", a.message_id},
-          {"eventId", a.event_id},
-          {"eventName", a.event_name},
-          {"url", a.url},
-          {"httpMethod", a.http_method},
-          {"attempt", a.attempt},
-          {"startedAt", hookline::format_iso8601(a.started_at)},
-          {"durationMs", double(a.duration.count()) / 1000.0},
-          {"statusCode", a.status_code},
-          {"error", a.error},
-          {"success", a.success},
-          {"requestLength", a.request_length},
-          {"responseLength", a.response_length},
-          {"responseHead", a.response_head}};
-}
-
+// The message as the library writes it (hookline/json.hpp), with its body.
 json message_json(const hookline::message& m) {
-  json j = {{"id", m.id},
-            {"eventId", m.event_id},
-            {"eventName", m.event_name},
-            {"status", std::string(hookline::to_string(m.status))},
-            {"attempts", m.attempts},
-            {"createdAt", hookline::format_iso8601(m.created_at)},
-            {"updatedAt", hookline::format_iso8601(m.updated_at)},
-            {"lastStatus", m.last_status},
-            {"lastError", m.last_error}};
-  j["nextAttemptAt"] = m.status == hookline::message_status::pending
-                           ? json(hookline::format_iso8601(m.next_attempt_at))
-                           : json(nullptr);
+  json j = m;
   try {
     j["body"] = json::parse(m.body);
   } catch (const json::exception&) {
@@ -562,38 +537,28 @@ void add_routes(httplib::Server& server, server_state& st) {
       return;
     }
     json ja = json::array(), jm = json::array();
-    for (const auto& a : attempts) ja.push_back(attempt_json(a));
+    for (const auto& a : attempts) ja.push_back(a);
     for (const auto& m : messages) jm.push_back(message_json(m));
     reply(res, 200, {{"subscriptionId", id}, {"attempts", ja}, {"messages", jm}});
   });
-  server.Get(
-      R"(/webhooks/([^/]+)/stats)", [&](const httplib::Request& req, httplib::Response& res) {
-        const std::string id = req.matches[1];
-        const auto s = st.hub().store().stats(id);
-        hookline::message_query q;
-        q.subscription_id = id;
-        q.limit = 1000000;
-        std::size_t pending = 0, delivered = 0, dead = 0;
-        for (const auto& m : st.hub().store().query(q)) {
-          if (m.status == hookline::message_status::pending) ++pending;
-          if (m.status == hookline::message_status::delivered) ++delivered;
-          if (m.status == hookline::message_status::dead) ++dead;
-        }
-        reply(res, 200,
-              {{"subscriptionId", id},
-               {"calls", s.calls},
-               {"status1xx", s.status_1xx},
-               {"status2xx", s.status_2xx},
-               {"status3xx", s.status_3xx},
-               {"status4xx", s.status_4xx},
-               {"status5xx", s.status_5xx},
-               {"failures", s.failures},
-               {"errors", s.errors},
-               {"successRate", s.success_rate()},
-               {"requestBytes", s.request_bytes},
-               {"responseBytes", s.response_bytes},
-               {"messages", {{"pending", pending}, {"delivered", delivered}, {"dead", dead}}}});
-      });
+  server.Get(R"(/webhooks/([^/]+)/stats)",
+             [&](const httplib::Request& req, httplib::Response& res) {
+               const std::string id = req.matches[1];
+               const auto s = st.hub().store().stats(id);
+               hookline::message_query q;
+               q.subscription_id = id;
+               q.limit = 1000000;
+               std::size_t pending = 0, delivered = 0, dead = 0;
+               for (const auto& m : st.hub().store().query(q)) {
+                 if (m.status == hookline::message_status::pending) ++pending;
+                 if (m.status == hookline::message_status::delivered) ++delivered;
+                 if (m.status == hookline::message_status::dead) ++dead;
+               }
+               json j = s;
+               j["subscriptionId"] = id;
+               j["messages"] = {{"pending", pending}, {"delivered", delivered}, {"dead", dead}};
+               reply(res, 200, j);
+             });
   server.Post(
       R"(/webhooks/([^/]+)/fire)", [&](const httplib::Request& req, httplib::Response& res) {
         const std::string id = req.matches[1];

@@ -19,6 +19,7 @@
 #include "hookline/error.hpp"
 #include "hookline/event.hpp"
 #include "hookline/filter.hpp"
+#include "hookline/json.hpp"
 #include "hookline/payload.hpp"
 #include "hookline/registry.hpp"
 #include "hookline/retry.hpp"
