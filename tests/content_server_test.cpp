@@ -296,7 +296,8 @@ TEST_F(content_server, bad_content_requests_are_answered_with_the_reason) {
 }
 
 TEST_F(content_server, deliveries_stats_and_redeliver_per_subscription) {
-  receiver_.script("/flaky", {response::of(500, "try later")});
+  // The answer ends in a byte that is not UTF-8: the deliveries endpoint must still answer.
+  receiver_.script("/flaky", {response::of(500, "try later \xC3")});
   ASSERT_EQ(call("POST", "/webhooks", docs_subscription("flaky", "/flaky")).first, 201);
   create("/Root/Content", "Docs", "Folder");  // Create + Approve: 2 messages
   ASSERT_TRUE(receiver_.wait_for_requests("/flaky", 3, 20s));
@@ -317,7 +318,8 @@ TEST_F(content_server, deliveries_stats_and_redeliver_per_subscription) {
   }
   ASSERT_FALSE(failed.is_null()) << d.dump();
   EXPECT_EQ(failed["success"], false);
-  EXPECT_EQ(failed["responseHead"], "try later");
+  EXPECT_EQ(failed["responseHead"], "try later \xEF\xBF\xBD");  // U+FFFD for the stray byte
+  EXPECT_EQ(failed["subscriptionId"], "flaky");
   const std::string retried = failed["messageId"];
   std::vector<int> tries_of_retried;
   for (const auto& a : d["attempts"]) {
@@ -331,6 +333,7 @@ TEST_F(content_server, deliveries_stats_and_redeliver_per_subscription) {
   EXPECT_EQ(s["status5xx"], 1);
   EXPECT_EQ(s["status2xx"], 2);
   EXPECT_EQ(s["failures"], 1);
+  EXPECT_NEAR(s["successRate"].get<double>(), 2.0 / 3.0, 1e-9);
   EXPECT_EQ(s["messages"]["delivered"], 2);
 
   std::tie(status, s) = call("POST", "/deliveries/" + retried + "/redeliver");

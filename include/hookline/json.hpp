@@ -2,7 +2,8 @@
 // JSON forms of the store's records (camelCase names, times in ISO 8601 UTC), as the `hookline`
 // tool and the examples print them: `nlohmann::json j = attempt;`. Pure functions; thread safe.
 // The texts inside (an error, the start of a receiver's answer) are not checked to be UTF-8: dump
-// with nlohmann::json::error_handler_t::replace when they come from outside.
+// with nlohmann::json::error_handler_t::replace when they come from outside. For nlohmann::json
+// (not ordered_json), like the other to_json functions of the library.
 
 #include <nlohmann/json.hpp>
 
