@@ -37,6 +37,14 @@ std::string hookline_bin() {
   return bin_dir() + "/hookline";
 }
 
+// One JSON object per line of `out` (the --json listings).
+std::vector<json> json_lines(const std::string& out) {
+  std::vector<json> all;
+  std::istringstream lines(out);
+  for (std::string l; std::getline(lines, l);) all.push_back(json::parse(l));
+  return all;
+}
+
 run_result hookline(std::vector<std::string> args, const std::string& input = "") {
   args.insert(args.begin(), hookline_bin());
   return run(std::move(args), input);
@@ -312,9 +320,7 @@ TEST_F(cli, deliveries_redeliver_and_recover_work_on_a_store) {
 
   r = hookline({"deliveries", "--store", store, "--status", "dead", "--json"});
   ASSERT_EQ(r.code, 0) << r.err;
-  std::vector<json> dead;
-  std::istringstream lines(r.out);
-  for (std::string l; std::getline(lines, l);) dead.push_back(json::parse(l));
+  const auto dead = json_lines(r.out);
   ASSERT_EQ(dead.size(), 2u);
   EXPECT_EQ(dead[0]["status"], "dead");
   EXPECT_EQ(dead[0]["subscriptionId"], "s");
@@ -373,9 +379,7 @@ TEST_F(cli, attempts_and_stats_show_each_attempt_and_the_counts_of_a_store) {
 
   r = hookline({"attempts", "--store", store, "--subscription", "f", "--json"});
   ASSERT_EQ(r.code, 0) << r.err;
-  std::vector<json> log;
-  std::istringstream lines(r.out);
-  for (std::string l; std::getline(lines, l);) log.push_back(json::parse(l));
+  const auto log = json_lines(r.out);
   ASSERT_EQ(log.size(), 3u) << r.out;
   // Oldest first: 500 with its response body kept, then 503, then 200.
   EXPECT_EQ(log[0]["statusCode"], 500);
@@ -389,10 +393,7 @@ TEST_F(cli, attempts_and_stats_show_each_attempt_and_the_counts_of_a_store) {
   EXPECT_EQ(log[2]["messageId"], log[0]["messageId"]);
 
   const std::string bad_id = [&] {
-    auto all = hookline({"attempts", "--store", store, "--json"});
-    std::istringstream in(all.out);
-    for (std::string l; std::getline(in, l);) {
-      auto j = json::parse(l);
+    for (const auto& j : json_lines(hookline({"attempts", "--store", store, "--json"}).out)) {
       if (j["subscriptionId"] == "b") return j["messageId"].get<std::string>();
     }
     return std::string();
@@ -416,9 +417,7 @@ TEST_F(cli, attempts_and_stats_show_each_attempt_and_the_counts_of_a_store) {
   r = hookline({"stats", "--store", store, "--subscription", "f", "--subscription", "b",
                 "--subscription", "none", "--json"});
   ASSERT_EQ(r.code, 0) << r.err;
-  std::vector<json> st;
-  std::istringstream st_lines(r.out);
-  for (std::string l; std::getline(st_lines, l);) st.push_back(json::parse(l));
+  const auto st = json_lines(r.out);
   ASSERT_EQ(st.size(), 3u) << r.out;
   EXPECT_EQ(st[0]["subscriptionId"], "f");
   EXPECT_EQ(st[0]["calls"], 3);
