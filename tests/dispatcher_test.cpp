@@ -1067,6 +1067,31 @@ TEST(dispatcher, a_late_give_up_leaves_the_message_another_worker_took_over_alon
   check_a_late_result_leaves_the_other_workers_lease(400);
 }
 
+// A worker whose own lease ran out while its request was still under way (the process stalled,
+// its clock jumped) finds the message due again and claims it back: it must not send it a second
+// time beside the first, and the first request's answer settles it.
+TEST(dispatcher, a_message_whose_lease_ran_out_under_way_is_not_sent_twice_by_its_worker) {
+  test_server server;
+  std::atomic<int> requests{0};
+  server.on("/ep", [&](const test::recorded_request&) {
+    ++requests;
+    return response::slow(1500ms, 204);
+  });
+  auto clock = std::make_shared<manual_clock>();
+  auto o = fast_options();
+  o.delivery.request_timeout = 10s;
+  o.clock = clock;
+  hub h(o);
+  h.subscriptions().add(make_sub("s", server.url("/ep")));
+  const auto id = only_id(h.publish(make_event()));
+  ASSERT_TRUE(eventually([&] { return requests == 1; }));
+  clock->advance(1h);  // far past the lease: the store offers the message to a claim again
+  ASSERT_TRUE(eventually([&] { return stored(h, id).status == message_status::delivered; }));
+  EXPECT_EQ(requests, 1);
+  EXPECT_EQ(stored(h, id).attempts, 1);
+  EXPECT_EQ(h.store().counts(clock->now()).in_flight, 0u);
+}
+
 TEST(dispatcher, statistics_count_per_subscription) {
   test_server server;
   server.script("/a", {response::of(500)});

@@ -397,7 +397,12 @@ void dispatcher::turn(time_point now) {
     const auto snap = ctx_.subscriptions->current();
     const auto deferrals_before = deferrals_;
     const auto n = batch.size();
-    for (auto& m : batch) route(std::move(m), snap, now);
+    for (auto& m : batch) {
+      // Our own request for it is still under way, its lease ran out meanwhile: the claim has
+      // renewed the lease to this worker, and that request's result settles the message.
+      if (!flying_ids_.empty() && flying_ids_.contains(m.id)) continue;
+      route(std::move(m), snap, now);
+    }
     const auto deferred = deferrals_ - deferrals_before;
     // Claiming what cannot go only churns the store: shrink the claims while most of them are
     // sent back, grow them again when they go out.
@@ -620,6 +625,7 @@ bool dispatcher::try_send(const std::string& key, endpoint& ep, waiting& w, time
   ++in_flight_;
   ep.last_used = now;
   ep.started.insert(now);
+  flying_ids_.insert(f.msg.id);
   flights_.emplace(req.token, std::move(f));
   outbox_.push_back(std::move(req));
   return true;
@@ -769,6 +775,7 @@ void dispatcher::handle(http_response&& r, time_point now) {
   if (it == flights_.end()) return;
   flight f = std::move(it->second);
   flights_.erase(it);
+  flying_ids_.erase(f.msg.id);
   --in_flight_;
   auto ep_it = endpoints_.find(f.endpoint);
   endpoint* ep = ep_it == endpoints_.end() ? nullptr : &ep_it->second;
