@@ -625,8 +625,8 @@ bool dispatcher::try_send(const std::string& key, endpoint& ep, waiting& w, time
   ++in_flight_;
   ep.last_used = now;
   ep.started.insert(now);
-  flying_ids_.insert(f.msg.id);
-  flights_.emplace(req.token, std::move(f));
+  const auto placed = flights_.emplace(req.token, std::move(f)).first;
+  flying_ids_.insert(placed->second.msg.id);
   outbox_.push_back(std::move(req));
   return true;
 }
@@ -773,9 +773,9 @@ void dispatcher::handle(http_response&& r, time_point now) {
   keep_for_reuse(std::move(r.request));
   auto it = flights_.find(r.token);
   if (it == flights_.end()) return;
+  flying_ids_.erase(it->second.msg.id);
   flight f = std::move(it->second);
   flights_.erase(it);
-  flying_ids_.erase(f.msg.id);
   --in_flight_;
   auto ep_it = endpoints_.find(f.endpoint);
   endpoint* ep = ep_it == endpoints_.end() ? nullptr : &ep_it->second;

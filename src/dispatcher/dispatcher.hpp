@@ -13,6 +13,7 @@
 #include <random>
 #include <set>
 #include <string>
+#include <string_view>
 #include <thread>
 #include <unordered_map>
 #include <unordered_set>
@@ -203,8 +204,9 @@ class dispatcher {
   // Dispatcher thread only.
   std::unordered_map<std::uint64_t, flight> flights_;
   // Ids of the messages in flights_: a claim can hand back one of them when its lease ran out
-  // while its request was under way (a stalled process); that one is not sent again.
-  std::unordered_set<std::string> flying_ids_;
+  // while its request was under way (a stalled process); that one is not sent again. The views
+  // point into flights_' nodes (stable until erased): no copy of the id per request.
+  std::unordered_set<std::string_view> flying_ids_;
   std::deque<handed_message> inbox_;          // handed over by publishers, routed as room allows
   std::vector<http_request> outbox_;          // started this turn, submitted at its end
   std::vector<http_request> spare_requests_;  // handed back by the transport, for reuse
