@@ -4,7 +4,7 @@
 // ratios is reported with its spread (see shared/reference/measurements.md).
 //
 // Usage: pipeline_load --url http://127.0.0.1:PORT/hook [--messages N] [--concurrency K]
-//                      [--pairs P] [--work DIR]
+//                      [--pairs P] [--work DIR] [--publishes N]
 //                      [--only memory|sqlite|postgres|publish] [--raw-headers none|webhook]
 // With HOOKLINE_BENCH_PG set (a libpq conninfo) it also measures the PostgreSQL store with one and
 // two workers. With HOOKLINE_BENCH_TRACE set, each pipeline sample says on stderr when publishing
@@ -39,6 +39,7 @@ using clock_type = std::chrono::steady_clock;
 struct config {
   std::string url;
   std::size_t messages = 20000;
+  std::size_t publishes = 2000;  ///< durable publish latency: events in all (4 threads)
   std::size_t concurrency = 64;
   std::size_t pairs = 5;
   std::string work = "/tmp";
@@ -381,7 +382,7 @@ void durable_publish_latency(const config& cfg, const std::string& store, const 
   opts.dispatch = false;
   hookline::hub hub(opts);
   hub.subscriptions().add(bench_subscription(cfg.url));
-  const std::size_t threads = 4, per_thread = 500;
+  const std::size_t threads = 4, per_thread = std::max<std::size_t>(1, cfg.publishes / threads);
   std::vector<std::vector<double>> lat(threads);
   std::vector<std::thread> pool;
   auto t0 = clock_type::now();
@@ -399,9 +400,11 @@ void durable_publish_latency(const config& cfg, const std::string& store, const 
   double elapsed = seconds_since(t0);
   std::vector<double> all;
   for (auto& v : lat) all.insert(all.end(), v.begin(), v.end());
-  std::printf("%s publish of one event, 4 threads: p50 %.0f us  p99 %.0f us  (%.0f events/s)\n",
-              name, percentile(all, 0.5), percentile(all, 0.99),
-              static_cast<double>(all.size()) / elapsed);
+  std::printf(
+      "%s publish of one event, 4 threads: p50 %.0f us  p90 %.0f us  p99 %.0f us  p99.9 %.0f us  "
+      "max %.0f us  (%.0f events/s)\n",
+      name, percentile(all, 0.5), percentile(all, 0.9), percentile(all, 0.99),
+      percentile(all, 0.999), percentile(all, 1.0), static_cast<double>(all.size()) / elapsed);
   hub.stop();
 }
 
@@ -449,6 +452,8 @@ int main(int argc, char** argv) {
     std::string k = argv[i], v = argv[i + 1];
     if (k == "--url")
       cfg.url = v;
+    else if (k == "--publishes")
+      cfg.publishes = std::stoul(v);
     else if (k == "--messages")
       cfg.messages = std::stoul(v);
     else if (k == "--concurrency")
@@ -467,7 +472,8 @@ int main(int argc, char** argv) {
     }
   }
   if (cfg.url.empty()) {
-    std::cerr << "usage: pipeline_load --url URL [--messages N] [--concurrency K] [--pairs P]\n";
+    std::cerr << "usage: pipeline_load --url URL [--messages N] [--concurrency K] [--pairs P] "
+                 "[--publishes N]\n";
     return 2;
   }
   curl_global_init(CURL_GLOBAL_DEFAULT);
