@@ -170,6 +170,14 @@ TEST_F(sqlite_store, a_version_1_file_is_migrated_in_place) {
                            "CREATE INDEX messages_status_updated ON messages(status, updated_at); "
                            "CREATE INDEX messages_lease_owner ON messages(lease_owner) "
                            "WHERE lease_owner IS NOT NULL; "
+                           "DROP INDEX messages_first_attempt; "
+                           "ALTER TABLE messages DROP COLUMN first_attempt_id; "
+                           "ALTER TABLE messages DROP COLUMN first_started_at; "
+                           "ALTER TABLE messages DROP COLUMN first_duration_us; "
+                           "ALTER TABLE messages DROP COLUMN first_status_code; "
+                           "ALTER TABLE messages DROP COLUMN first_request_length; "
+                           "ALTER TABLE messages DROP COLUMN first_response_length; "
+                           "ALTER TABLE messages DROP COLUMN first_response_head; "
                            "DELETE FROM schema_version WHERE version > 1",
                            nullptr, nullptr, nullptr),
               SQLITE_OK);
@@ -554,6 +562,100 @@ TEST_F(sqlite_store, two_results_for_one_message_in_a_batch_apply_in_order) {
   attempt_query q;
   q.message_id = "a";
   EXPECT_EQ(store->attempts(q).size(), 2u);
+}
+
+// A message delivered at its first attempt keeps that attempt in its own row (schema 5): no
+// attempts row is written, and the attempt log still returns it, whole and in its place.
+TEST_F(sqlite_store, a_first_attempt_success_stays_in_the_message_row_and_reads_back_whole) {
+  auto store = open();
+  std::vector<message> batch{make_message("a", "s1", t0_), make_message("b", "s1", t0_),
+                             make_message("c", "s2", t0_)};
+  store->enqueue(batch);
+  ASSERT_EQ(store->claim(claim_at(t0_)).size(), 3u);
+  auto first_a = make_attempt(batch[0], 1, 201, t0_ + 1s, true);
+  first_a.duration = std::chrono::microseconds(4321);
+  first_a.response_length = 99;
+  first_a.response_head = "{\"ok\":true}";
+  std::vector<attempt_result> results;
+  results.push_back({"b", t0_ + 5s, make_attempt(batch[1], 1, 503, t0_ + 1s, false)});
+  results.push_back({"a", std::nullopt, first_a});
+  results.push_back({"c", std::nullopt, make_attempt(batch[2], 1, 204, t0_ + 2s, true)});
+  store->record_results(results);
+  store->get("a");  // a read waits for the results
+  EXPECT_EQ(scalar(path_, "SELECT count(*) FROM attempts"), 1) << "only b's failure";
+  EXPECT_EQ(scalar(path_, "SELECT count(*) FROM messages WHERE first_attempt_id IS NOT NULL"), 2);
+
+  const auto log = store->attempts({});
+  ASSERT_EQ(log.size(), 3u);
+  EXPECT_EQ(log[0].message_id, "b");  // the order results were recorded in
+  EXPECT_EQ(log[1].message_id, "a");
+  EXPECT_EQ(log[2].message_id, "c");
+  const auto& a = log[1];
+  EXPECT_EQ(a.subscription_id, "s1");
+  EXPECT_EQ(a.event_id, batch[0].event_id);
+  EXPECT_EQ(a.event_name, batch[0].event_name);
+  EXPECT_EQ(a.url, batch[0].url);
+  EXPECT_EQ(a.http_method, batch[0].http_method);
+  EXPECT_EQ(a.attempt, 1);
+  EXPECT_EQ(a.started_at, t0_ + 1s);
+  EXPECT_EQ(a.duration, std::chrono::microseconds(4321));
+  EXPECT_EQ(a.status_code, 201);
+  EXPECT_EQ(a.error, "");
+  EXPECT_EQ(a.request_length, batch[0].body.size());
+  EXPECT_EQ(a.response_length, 99u);
+  EXPECT_EQ(a.response_head, "{\"ok\":true}");
+  EXPECT_TRUE(a.success);
+
+  attempt_query by_sub;
+  by_sub.subscription_id = "s2";
+  ASSERT_EQ(store->attempts(by_sub).size(), 1u);
+  EXPECT_EQ(store->attempts(by_sub)[0].message_id, "c");
+  attempt_query since;
+  since.since = t0_ + 2s;
+  ASSERT_EQ(store->attempts(since).size(), 1u);
+  attempt_query newest;
+  newest.limit = 2;  // the most recent two, oldest first
+  const auto two = store->attempts(newest);
+  ASSERT_EQ(two.size(), 2u);
+  EXPECT_EQ(two[0].message_id, "a");
+  EXPECT_EQ(two[1].message_id, "c");
+  EXPECT_EQ(store->stats("s1").calls, 2u);
+  EXPECT_EQ(store->stats("s2").status_2xx, 1u);
+}
+
+// A redelivery moves the first attempt out of the row (keeping its place in the log), so the
+// next delivery's first attempt can stay there in turn; nothing of the history is lost, also
+// across a reopen.
+TEST_F(sqlite_store, a_redelivered_message_keeps_its_earlier_first_attempt_in_the_log) {
+  {
+    auto store = open();
+    std::vector<message> batch{make_message("a", "s1", t0_), make_message("b", "s1", t0_)};
+    store->enqueue(batch);
+    ASSERT_EQ(store->claim(claim_at(t0_)).size(), 2u);
+    store->complete("a", make_attempt(batch[0], 1, 200, t0_ + 1s, true));
+    store->complete("b", make_attempt(batch[1], 1, 202, t0_ + 2s, true));
+    ASSERT_TRUE(store->redeliver("a", t0_ + 3s));
+    EXPECT_EQ(store->get("a")->status, message_status::pending);
+    EXPECT_EQ(scalar(path_, "SELECT count(*) FROM attempts"), 1);
+    auto again = store->claim(claim_at(t0_ + 3s));
+    ASSERT_EQ(again.size(), 1u);
+    store->complete("a", make_attempt(again[0], 1, 204, t0_ + 4s, true));
+    EXPECT_EQ(store->get("a")->status, message_status::delivered);
+  }
+  auto store = open();
+  const auto log = store->attempts({});
+  ASSERT_EQ(log.size(), 3u);
+  EXPECT_EQ(log[0].message_id, "a");
+  EXPECT_EQ(log[0].status_code, 200);
+  EXPECT_EQ(log[1].message_id, "b");
+  EXPECT_EQ(log[2].message_id, "a");
+  EXPECT_EQ(log[2].status_code, 204);
+  attempt_query q;
+  q.message_id = "a";
+  ASSERT_EQ(store->attempts(q).size(), 2u);
+  // Pruned with its message: the delivered rows go, and so do their attempts.
+  EXPECT_EQ(store->prune(t0_ + 1h), 5u);  // two messages, three attempts
+  EXPECT_TRUE(store->attempts({}).empty());
 }
 
 // Fire-and-forget writes (results) wait once the committer is behind by its cap, so a

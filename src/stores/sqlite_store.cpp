@@ -126,6 +126,21 @@ CREATE INDEX messages_due ON messages(
   (CASE WHEN lease_until > next_attempt_at THEN lease_until ELSE next_attempt_at END), sequence)
   WHERE status = 'pending';
 )sql",
+    // 5: a message delivered at its first attempt keeps that attempt in its own row, and the
+    // attempt log reads it from there: the common case writes one row update instead of the
+    // update, an attempts row and its three index entries. Attempt ids are one sequence over both
+    // places (the log's order); a redelivery moves the attempt into the attempts table.
+    R"sql(
+ALTER TABLE messages ADD COLUMN first_attempt_id INTEGER;
+ALTER TABLE messages ADD COLUMN first_started_at INTEGER;
+ALTER TABLE messages ADD COLUMN first_duration_us INTEGER;
+ALTER TABLE messages ADD COLUMN first_status_code INTEGER;
+ALTER TABLE messages ADD COLUMN first_request_length INTEGER;
+ALTER TABLE messages ADD COLUMN first_response_length INTEGER;
+ALTER TABLE messages ADD COLUMN first_response_head TEXT;
+CREATE INDEX messages_first_attempt ON messages(first_attempt_id)
+  WHERE first_attempt_id IS NOT NULL;
+)sql",
 };
 static_assert(std::size(kMigrations) == sqlite_schema_version);
 
@@ -136,6 +151,19 @@ constexpr const char* kMessageColumns =
 constexpr const char* kAttemptColumns =
     "message_id, subscription_id, event_id, event_name, url, http_method, attempt, started_at, "
     "duration_us, status_code, error, request_length, response_length, response_head, success";
+
+// A first attempt kept in its message's row (migration 5), as the columns of kAttemptColumns
+// followed by its id, from the messages table.
+constexpr const char* kInlineAttemptColumns =
+    "id, subscription_id, event_id, event_name, url, http_method, 1, first_started_at, "
+    "first_duration_us, first_status_code, '', first_request_length, first_response_length, "
+    "first_response_head, 1, first_attempt_id";
+
+/// An attempt for the attempts table, with its id in the log (0: not taken yet).
+struct logged_attempt {
+  const attempt_record* record;
+  std::int64_t id;
+};
 
 // An ordered message is claimable only when no earlier ordered message of its subscription is
 // pending (as in the memory store; messages made while the subscription was unordered never
@@ -590,7 +618,7 @@ class sqlite_store final : public delivery_store {
   /// What record_results() writes after its message updates: the attempts to insert and the
   /// statistics per subscription.
   struct result_sink {
-    std::vector<const attempt_record*> attempts;
+    std::vector<logged_attempt> attempts;
     std::map<std::string, stats_delta> stats;
   };
 
@@ -621,6 +649,32 @@ class sqlite_store final : public delivery_store {
   }
 
   void write_complete(const std::string& id, const attempt_record& a, result_sink* sink = nullptr) {
+    const std::int64_t attempt_id = take_attempt_id();
+    if (a.success && a.attempt == 1 && a.error.empty()) {
+      // Its first attempt delivered it: kept in the row, unless the row already has attempts
+      // (another worker's) or the message is gone; then the statement below records it.
+      auto s = writer_->use(
+          "UPDATE messages SET status = 'delivered', lease_owner = NULL, lease_until = NULL, "
+          "attempts = 1, last_status = ?3, last_error = '', updated_at = ?4, "
+          "first_attempt_id = ?2, first_started_at = ?5, first_duration_us = ?6, "
+          "first_status_code = ?3, first_request_length = ?7, first_response_length = ?8, "
+          "first_response_head = ?9 "
+          "WHERE id = ?1 AND attempts = 0 AND first_attempt_id IS NULL");
+      s->bind(1, id).bind(2, attempt_id).bind(3, a.status_code).bind(4, to_ns(attempt_end(a)));
+      s->bind(5, to_ns(a.started_at)).bind(6, static_cast<std::int64_t>(a.duration.count()));
+      s->bind(7, a.request_length).bind(8, a.response_length).bind(9, a.response_head);
+      s->run();
+      if (writer_->changes() > 0) {
+        if (sink != nullptr) {
+          sink->stats[a.subscription_id].add(a);
+        } else {
+          stats_delta d;
+          d.add(a);
+          add_stats(a.subscription_id, d);
+        }
+        return;
+      }
+    }
     auto s = writer_->use(
         "UPDATE messages SET status = 'delivered', lease_owner = NULL, lease_until = NULL, "
         "attempts = CASE WHEN ?2 > 0 THEN max(attempts, ?2) ELSE attempts + 1 END, "
@@ -628,12 +682,13 @@ class sqlite_store final : public delivery_store {
     s->bind(1, id).bind(2, a.attempt).bind(3, a.status_code).bind(4, a.error);
     s->bind(5, to_ns(attempt_end(a)));
     s->run();
-    record_if_known(id, a, sink);
+    record_if_known(id, a, sink, attempt_id);
   }
 
   // With a `worker`, only while it holds the lease (the attempt is recorded either way).
   void write_reschedule(const std::string& id, time_point next, const attempt_record& a,
                         result_sink* sink = nullptr, const std::string& worker = {}) {
+    const std::int64_t attempt_id = take_attempt_id();  // the log's order is the results'
     auto s = writer_->use(
         "UPDATE messages SET next_attempt_at = ?5, lease_owner = NULL, lease_until = NULL, "
         "attempts = CASE WHEN ?2 > 0 THEN max(attempts, ?2) ELSE attempts + 1 END, "
@@ -643,25 +698,26 @@ class sqlite_store final : public delivery_store {
     s->bind(1, id).bind(2, a.attempt).bind(3, a.status_code).bind(4, a.error);
     s->bind(5, to_ns(next)).bind(6, to_ns(attempt_end(a))).bind(7, worker);
     s->run();
-    record_if_known(id, a, sink);
+    record_if_known(id, a, sink, attempt_id);
   }
 
   // Right after the UPDATE of message `id`: its attempt is recorded when the message exists
   // (updated, or no longer pending), not for an unknown id (like the other stores).
   // With a sink the attempt is only collected (record_results() inserts them together).
-  void record_if_known(const std::string& id, const attempt_record& a,
-                       result_sink* sink = nullptr) {
+  // `attempt_id`: the id already taken for it (0: take one when it is inserted).
+  void record_if_known(const std::string& id, const attempt_record& a, result_sink* sink = nullptr,
+                       std::int64_t attempt_id = 0) {
     if (writer_->changes() == 0) {
       auto q = writer_->use("SELECT 1 FROM messages WHERE id = ?1");
       q->bind(1, id);
       if (!q->step()) return;
     }
     if (sink != nullptr) {
-      sink->attempts.push_back(&a);
+      sink->attempts.push_back({&a, attempt_id});
       sink->stats[a.subscription_id].add(a);
       return;
     }
-    const attempt_record* one[] = {&a};
+    const logged_attempt one[] = {{&a, attempt_id}};
     insert_attempts(one);
     stats_delta d;
     d.add(a);
@@ -738,10 +794,18 @@ class sqlite_store final : public delivery_store {
   bool redeliver(const std::string& id, time_point now) override {
     bool found = false;
     write(true, "redeliver", [&] {
-      // A replay starts a fresh retry schedule; the attempt log keeps the history.
+      // A replay starts a fresh retry schedule; the attempt log keeps the history: a first
+      // attempt kept in the row moves to the attempts table (with its id, so its place in the
+      // log stays), leaving the row free for the next first attempt.
+      auto m = writer_->use(std::string("INSERT OR IGNORE INTO attempts(") + kAttemptColumns +
+                            ", id) SELECT " + kInlineAttemptColumns +
+                            " FROM messages WHERE id = ?1 AND status <> 'pending' AND "
+                            "first_attempt_id IS NOT NULL");
+      m->bind(1, id);
+      m->run();
       auto s = writer_->use(
           "UPDATE messages SET status = 'pending', next_attempt_at = ?2, updated_at = ?2, "
-          "attempts = 0, lease_owner = NULL, lease_until = NULL "
+          "attempts = 0, lease_owner = NULL, lease_until = NULL, first_attempt_id = NULL "
           "WHERE id = ?1 AND status <> 'pending'");
       s->bind(1, id).bind(2, to_ns(now));
       s->run();
@@ -807,12 +871,18 @@ class sqlite_store final : public delivery_store {
 
   std::vector<attempt_record> attempts(const attempt_query& q) override {
     return read([&] {
-      std::string sql = std::string("SELECT ") + kAttemptColumns + " FROM attempts WHERE 1 = 1";
+      // The attempts table and the first attempts kept in message rows, merged by id: the
+      // most recent `limit` matches, oldest first.
+      std::string sql = std::string("SELECT ") + kAttemptColumns + ", id FROM attempts WHERE 1 = 1";
       if (q.message_id) sql += " AND message_id = ?1";
       if (q.subscription_id) sql += " AND subscription_id = ?2";
-      if (q.since)
-        sql += " AND started_at >= ?3";  // The most recent `limit` matches, oldest first.
-      sql += " ORDER BY id DESC LIMIT ?4";
+      if (q.since) sql += " AND started_at >= ?3";
+      sql += std::string(" UNION ALL SELECT ") + kInlineAttemptColumns +
+             " FROM messages WHERE first_attempt_id IS NOT NULL";
+      if (q.message_id) sql += " AND id = ?1";
+      if (q.subscription_id) sql += " AND subscription_id = ?2";
+      if (q.since) sql += " AND first_started_at >= ?3";
+      sql += " ORDER BY 16 DESC LIMIT ?4";
       auto s = reader_->use(sql);
       if (q.message_id) s->bind(1, *q.message_id);
       if (q.subscription_id) s->bind(2, *q.subscription_id);
@@ -928,20 +998,26 @@ class sqlite_store final : public delivery_store {
   std::size_t prune(time_point before) override {
     std::size_t total = 0;
     const std::int64_t cut = to_ns(before);
+    // Delivered messages first, with any first attempt kept in their rows (counted as an
+    // attempt pruned, as it would be from the attempts table), then old attempts.
     for (const char* sql :
          {"DELETE FROM messages WHERE sequence IN (SELECT sequence FROM messages "
-          "WHERE status = 'delivered' AND updated_at < ?1 LIMIT ?2)",
+          "WHERE status = 'delivered' AND updated_at < ?1 LIMIT ?2) "
+          "RETURNING first_attempt_id IS NOT NULL",
           "DELETE FROM attempts WHERE id IN (SELECT id FROM attempts WHERE started_at < ?1 "
-          "LIMIT ?2)"}) {
+          "LIMIT ?2) RETURNING 0"}) {
       for (;;) {
-        std::int64_t n = 0;
+        std::int64_t n = 0, inline_attempts = 0;
         write(false, "prune", [&] {
+          n = inline_attempts = 0;  // a failed group batch runs this write again on its own
           auto s = writer_->use(sql);
           s->bind(1, cut).bind(2, kPruneChunk);
-          s->run();
-          n = writer_->changes();
+          while (s->step()) {
+            ++n;
+            inline_attempts += s->i64(0);
+          }
         });
-        total += static_cast<std::size_t>(n);
+        total += static_cast<std::size_t>(n + inline_attempts);
         if (n < kPruneChunk) break;
       }
     }
@@ -1055,14 +1131,15 @@ class sqlite_store final : public delivery_store {
     return f();
   }
 
-  // Inserts the attempts in order, up to 16 rows per statement.
-  void insert_attempts(std::span<const attempt_record* const> all) {
+  // Inserts the attempts in order, up to 16 rows per statement, each with its id (taken now
+  // for those that have none yet).
+  void insert_attempts(std::span<const logged_attempt> all) {
     static const multi_row_sql sql(
         // OR IGNORE only so that the statement cannot abort and keeps no statement journal (see
         // insert()): every column is bound non-null, so no row is ever ignored.
-        std::string("INSERT OR IGNORE INTO attempts(") + kAttemptColumns + ") VALUES", 15, "");
+        std::string("INSERT OR IGNORE INTO attempts(") + kAttemptColumns + ", id) VALUES", 16, "");
     for_each_chunk(all.size(), sql, [&](statement& s, int base, std::size_t i) {
-      const attempt_record& a = *all[i];
+      const attempt_record& a = *all[i].record;
       s.bind(base + 1, a.message_id).bind(base + 2, a.subscription_id).bind(base + 3, a.event_id);
       s.bind(base + 4, a.event_name).bind(base + 5, a.url).bind(base + 6, a.http_method);
       s.bind(base + 7, a.attempt).bind(base + 8, to_ns(a.started_at));
@@ -1070,7 +1147,22 @@ class sqlite_store final : public delivery_store {
       s.bind(base + 10, a.status_code).bind(base + 11, a.error).bind(base + 12, a.request_length);
       s.bind(base + 13, a.response_length).bind(base + 14, a.response_head);
       s.bind(base + 15, a.success);
+      s.bind(base + 16, all[i].id != 0 ? all[i].id : take_attempt_id());
     });
+  }
+
+  // The next id of the attempt log, one sequence over the attempts table and the first
+  // attempts kept in message rows. Read once per transaction (the writer holds the write lock,
+  // so no other process takes ids meanwhile), then counted here.
+  std::int64_t take_attempt_id() {
+    if (next_attempt_id_ == 0) {
+      auto s = writer_->use(
+          "SELECT max(coalesce((SELECT max(id) FROM attempts), 0), "
+          "coalesce((SELECT max(first_attempt_id) FROM messages "
+          "WHERE first_attempt_id IS NOT NULL), 0)) + 1");
+      next_attempt_id_ = s->step() ? s->i64(0) : 1;
+    }
+    return next_attempt_id_++;
   }
 
   // Runs `sql` for rows [0, n): as many full chunks as fit, then smaller ones. shared(s) binds
@@ -1147,6 +1239,7 @@ class sqlite_store final : public delivery_store {
   void transaction(std::vector<std::shared_ptr<write_op>>& ops) {
     // Prepared once, like every other statement: sqlite3_exec would parse them per batch.
     writer_->use("BEGIN IMMEDIATE")->run();
+    next_attempt_id_ = 0;  // read again inside this transaction
     try {
       for (auto& op : ops) op->run();
       writer_->use("COMMIT")->run();
@@ -1167,6 +1260,7 @@ class sqlite_store final : public delivery_store {
       if (fd >= 0) ::close(fd);  // drops the flock
     }
   } lock_;
+  std::int64_t next_attempt_id_ = 0;  // committer thread; 0: not read in this transaction
   bool exclusive_at_open_ = false;
   bool released_at_open_ = false;
   std::unique_ptr<connection> writer_;  // used only by the committer thread after open

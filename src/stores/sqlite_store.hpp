@@ -9,7 +9,7 @@
 namespace hookline::detail {
 
 /// The schema version an SQLite store file is migrated to at open.
-inline constexpr int sqlite_schema_version = 4;
+inline constexpr int sqlite_schema_version = 5;
 
 /// When a pending message can next be claimed (its due time, or its lease's end while leased),
 /// as SQL over the messages row aliased `a`: written exactly as the key of the messages_due
