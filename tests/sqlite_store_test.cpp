@@ -623,6 +623,57 @@ TEST_F(sqlite_store, a_first_attempt_success_stays_in_the_message_row_and_reads_
   EXPECT_EQ(store->stats("s2").status_2xx, 1u);
 }
 
+// What the row cannot describe goes to the attempts table: a first attempt sent to a url or
+// with a method the subscription has since changed to (the row keeps the ones of its
+// publication), and a second success (another worker's, late). The log keeps both places in
+// the order the results came, through every filter and limit.
+TEST_F(sqlite_store, attempts_the_row_cannot_hold_go_to_the_table_and_the_log_merges_both) {
+  auto store = open();
+  std::vector<message> batch{make_message("a", "s1", t0_), make_message("b", "s1", t0_),
+                             make_message("c", "s2", t0_), make_message("d", "s1", t0_)};
+  store->enqueue(batch);
+  ASSERT_EQ(store->claim(claim_at(t0_)).size(), 4u);
+  auto moved = make_attempt(batch[0], 1, 200, t0_ + 1s, true);
+  moved.url = "https://new.example/hook";
+  moved.http_method = "PUT";
+  store->complete("a", moved);                                           // table
+  store->complete("b", make_attempt(batch[1], 1, 200, t0_ + 2s, true));  // row
+  store->complete("c", make_attempt(batch[2], 1, 200, t0_ + 3s, true));  // row
+  store->complete("b", make_attempt(batch[1], 1, 204, t0_ + 4s, true));  // table: late, another's
+  store->complete("d", make_attempt(batch[3], 1, 200, t0_ + 5s, true));  // row
+  EXPECT_EQ(store->get("b")->status, message_status::delivered);
+  EXPECT_EQ(scalar(path_, "SELECT count(*) FROM attempts"), 2);
+
+  const auto log = store->attempts({});
+  ASSERT_EQ(log.size(), 5u);
+  const char* order[] = {"a", "b", "c", "b", "d"};
+  for (std::size_t i = 0; i < 5; ++i) EXPECT_EQ(log[i].message_id, order[i]) << i;
+  EXPECT_EQ(log[0].url, "https://new.example/hook");
+  EXPECT_EQ(log[0].http_method, "PUT");
+  EXPECT_EQ(log[1].url, batch[1].url);
+  EXPECT_EQ(log[3].status_code, 204);
+
+  attempt_query s1;
+  s1.subscription_id = "s1";
+  s1.limit = 3;  // the most recent three of s1: b (row), b (table), d (row)
+  const auto recent = store->attempts(s1);
+  ASSERT_EQ(recent.size(), 3u);
+  EXPECT_EQ(recent[0].message_id, "b");
+  EXPECT_EQ(recent[0].status_code, 200);
+  EXPECT_EQ(recent[1].status_code, 204);
+  EXPECT_EQ(recent[2].message_id, "d");
+  attempt_query since;
+  since.since = t0_ + 3s;
+  const auto late = store->attempts(since);
+  ASSERT_EQ(late.size(), 3u);
+  EXPECT_EQ(late[0].message_id, "c");
+  EXPECT_EQ(late[2].message_id, "d");
+  attempt_query by_message;
+  by_message.message_id = "b";
+  EXPECT_EQ(store->attempts(by_message).size(), 2u);
+  EXPECT_EQ(store->stats("s1").calls, 4u);
+}
+
 // A redelivery moves the first attempt out of the row (keeping its place in the log), so the
 // next delivery's first attempt can stay there in turn; nothing of the history is lost, also
 // across a reopen.
