@@ -671,13 +671,7 @@ class sqlite_store final : public delivery_store {
       s->bind(10, a.url).bind(11, a.http_method);
       s->run();
       if (writer_->changes() > 0) {
-        if (sink != nullptr) {
-          sink->stats[a.subscription_id].add(a);
-        } else {
-          stats_delta d;
-          d.add(a);
-          add_stats(a.subscription_id, d);
-        }
+        count_in_stats(a, sink);
         return;
       }
     }
@@ -720,11 +714,20 @@ class sqlite_store final : public delivery_store {
     }
     if (sink != nullptr) {
       sink->attempts.push_back({&a, attempt_id});
+    } else {
+      const logged_attempt one[] = {{&a, attempt_id}};
+      insert_attempts(one);
+    }
+    count_in_stats(a, sink);
+  }
+
+  // Adds the attempt to its subscription's statistics: collected in `sink` (record_results()
+  // writes them once per subscription), or written now.
+  void count_in_stats(const attempt_record& a, result_sink* sink) {
+    if (sink != nullptr) {
       sink->stats[a.subscription_id].add(a);
       return;
     }
-    const logged_attempt one[] = {{&a, attempt_id}};
-    insert_attempts(one);
     stats_delta d;
     d.add(a);
     add_stats(a.subscription_id, d);
