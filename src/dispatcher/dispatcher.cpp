@@ -400,7 +400,7 @@ void dispatcher::turn(time_point now) {
     for (auto& m : batch) {
       // Our own request for it is still under way, its lease ran out meanwhile: the claim has
       // renewed the lease to this worker, and that request's result settles the message.
-      if (!flying_ids_.empty() && flying_ids_.contains(m.id)) continue;
+      if (flying_ids_.contains(m.id)) continue;
       route(std::move(m), snap, now);
     }
     const auto deferred = deferrals_ - deferrals_before;

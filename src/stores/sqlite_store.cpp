@@ -890,10 +890,7 @@ class sqlite_store final : public delivery_store {
              " FROM messages WHERE first_attempt_id IS NOT NULL";
       if (q.message_id) sql += " AND id = ?1";
       if (q.subscription_id) sql += " AND subscription_id = ?2";
-      // Held only by delivered rows, whose completion time is at least the attempt's start:
-      // the delivered index bounds a `since` scan.
-      if (q.since)
-        sql += " AND first_started_at >= ?3 AND status = 'delivered' AND updated_at >= ?3";
+      if (q.since) sql += " AND first_started_at >= ?3";
       sql += " ORDER BY 16 DESC LIMIT ?4";
       auto s = reader_->use(sql);
       if (q.message_id) s->bind(1, *q.message_id);
