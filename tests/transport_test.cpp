@@ -629,6 +629,91 @@ TEST(transport, allow_list_lets_loopback_through) {
   EXPECT_EQ(r.status, 200);
 }
 
+// Through a proxy the request goes to the proxy with the absolute URL; the proxy's own address
+// is the operator's choice and is not checked (here it is on loopback with the guard on).
+TEST(transport, proxy_receives_the_absolute_url_and_the_whole_request) {
+  test_server proxy;
+  proxy.set_default(response::of(202));
+  transport_options o;
+  o.proxy = proxy.url();
+  o.user_agent = "tester/1.0";
+  collector c;
+  transport t(o, c.callback(), nullptr);
+  auto req = make_request(1, "http://93.184.215.14:8080/hook?x=1", "POST", R"({"a":1})");
+  req.headers = {"Content-Type: application/json", "webhook-id: msg_proxy"};
+  t.submit(req);
+  auto r = c.get(1);
+  EXPECT_EQ(r.kind, error_kind::none) << r.error;
+  EXPECT_EQ(r.status, 202);
+  ASSERT_EQ(proxy.request_count(), 1u);
+  const auto got = proxy.requests().front();
+  EXPECT_EQ(got.method, "POST");
+  EXPECT_EQ(got.target, "http://93.184.215.14:8080/hook?x=1");
+  EXPECT_EQ(got.header("Host"), "93.184.215.14:8080");
+  EXPECT_EQ(got.header("webhook-id"), "msg_proxy");
+  EXPECT_EQ(got.header("User-Agent"), "tester/1.0");
+  EXPECT_EQ(got.body, R"({"a":1})");
+}
+
+// With a proxy the connect-time guard sees only the proxy, so an IP literal in a refused range is
+// refused before anything is sent, in every spelling libcurl accepts; host names go to the proxy.
+TEST(transport, proxy_still_refuses_ip_literals_in_refused_ranges) {
+  test_server proxy;
+  transport_options o;
+  o.proxy = proxy.url();
+  collector c;
+  transport t(o, c.callback(), nullptr);
+  const std::vector<std::string> refused = {"http://10.1.2.3/x", "http://[::1]:9/x",
+                                            "http://[::ffff:192.168.0.1]/x", "http://2130706433/x",
+                                            "http://0x7f.1/x"};
+  for (std::size_t i = 0; i < refused.size(); ++i) t.submit(make_request(i + 1, refused[i]));
+  t.submit(make_request(100, "http://hooks.example.invalid/x"));
+  for (std::size_t i = 0; i < refused.size(); ++i) {
+    auto r = c.get(i + 1);
+    EXPECT_EQ(r.kind, error_kind::refused) << refused[i] << ": " << r.error;
+  }
+  EXPECT_EQ(c.get(100).status, 200);
+  ASSERT_EQ(proxy.request_count(), 1u);
+  EXPECT_EQ(proxy.requests().front().target, "http://hooks.example.invalid/x");
+}
+
+// Only the option configures a proxy: http_proxy is not picked up without it, and no_proxy does
+// not send a request around the configured proxy (where the guard would not see it).
+TEST(transport, proxy_environment_variables_are_ignored) {
+  struct env_var {
+    std::string name;
+    env_var(std::string n, const std::string& value) : name(std::move(n)) {
+      ::setenv(name.c_str(), value.c_str(), 1);
+    }
+    ~env_var() { ::unsetenv(name.c_str()); }
+  };
+  test_server direct, env_proxy, proxy;
+  {
+    env_var a("http_proxy", env_proxy.url()), b("HTTP_PROXY", env_proxy.url()),
+        c2("ALL_PROXY", env_proxy.url());
+    collector c;
+    transport t(local_options(), c.callback(), nullptr);
+    t.submit(make_request(1, direct.url("/direct")));
+    EXPECT_EQ(c.get(1).status, 200);
+  }
+  EXPECT_EQ(direct.request_count(), 1u);
+  EXPECT_EQ(env_proxy.request_count(), 0u);
+  {
+    env_var a("no_proxy", "93.184.215.15"), b("NO_PROXY", "93.184.215.15");
+    transport_options o;
+    o.proxy = proxy.url();
+    collector c;
+    transport t(o, c.callback(), nullptr);
+    auto req = make_request(2, "http://93.184.215.15/hook");
+    req.connect_timeout = 300ms;
+    t.submit(req);
+    auto r = c.get(2);
+    EXPECT_EQ(r.status, 200) << r.error;
+  }
+  ASSERT_EQ(proxy.request_count(), 1u);
+  EXPECT_EQ(proxy.requests().front().target, "http://93.184.215.15/hook");
+}
+
 TEST(transport, malformed_cidr_throws_naming_it) {
   transport_options o;
   o.allowed_cidrs = {"10.0.0.0/8", "10.0.0.0/33"};

@@ -657,8 +657,12 @@ class transport::impl {
       set(CURLOPT_SSL_VERIFYPEER, options_.verify_tls ? 1L : 0L);
       set(CURLOPT_SSL_VERIFYHOST, options_.verify_tls ? 2L : 0L);
       if (!options_.ca_file.empty()) set(CURLOPT_CAINFO, options_.ca_file.c_str());
-      // An explicit empty proxy also stops libcurl from picking one up from the environment.
+      // Only the option configures a proxy. An explicit empty proxy stops libcurl from picking
+      // one up from the environment, and an explicit empty no-proxy list stops no_proxy from
+      // sending a request around the configured proxy, where the connect-time guard (off when a
+      // proxy is set) would not see its address. Neither is then read from the environment.
       set(CURLOPT_PROXY, options_.proxy.c_str());
+      set(CURLOPT_NOPROXY, "");
       if (!req.client_cert.empty()) {
         set(CURLOPT_SSLCERT, req.client_cert.c_str());
         set(CURLOPT_SSLCERTTYPE, "PEM");
