@@ -365,6 +365,34 @@ TEST(dispatcher, gone_410_disables_the_subscription_and_tells_the_host) {
   EXPECT_TRUE(h.publish(make_event()).message_ids.empty());
 }
 
+// Messages waiting for the endpoint when its 410 arrives do not go: only what was already handed
+// to the transport is sent, and the host hears of the disabling once.
+TEST(dispatcher, gone_410_stops_the_messages_waiting_for_the_endpoint) {
+  test_server server;
+  server.respond_always("/hook", response::slow(30ms, 410));
+  recorder rec;
+  auto o = fast_options();
+  o.hooks = rec.make();
+  o.delivery.endpoint_concurrency = 1;
+  hub h(o);
+  h.subscriptions().add(make_sub("s", server.url("/hook")));
+  std::vector<event> events;
+  for (int i = 0; i < 30; ++i) events.push_back(make_event("f" + std::to_string(i) + ".txt"));
+  const auto ids = h.publish(events).message_ids;
+  ASSERT_EQ(ids.size(), 30u);
+  ASSERT_TRUE(h.wait_idle(10s));
+  for (const auto& id : ids) EXPECT_EQ(stored(h, id).status, message_status::dead) << id;
+  EXPECT_GE(server.request_count("/hook"), 1u);
+  EXPECT_LE(server.request_count("/hook"), 2u);  // one running, one waiting in the transport
+  std::lock_guard lock(rec.mutex);
+  ASSERT_EQ(rec.disabled.size(), 1u);
+  ASSERT_EQ(rec.dead.size(), 30u);
+  const auto withdrawn = std::count_if(rec.dead.begin(), rec.dead.end(), [](const auto& d) {
+    return d.second == "subscription disabled";
+  });
+  EXPECT_GE(withdrawn, 28);
+}
+
 TEST(dispatcher, redirect_is_not_followed) {
   test_server server;
   server.respond_always("/hook", response::of(302, "", {{"Location", server.url("/elsewhere")}}));

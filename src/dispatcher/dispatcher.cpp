@@ -678,8 +678,19 @@ void dispatcher::release_ordered(const std::string& subscription_id, time_point 
   for (const auto& p : waiting_ones) give_back(p.msg.id, at);
 }
 
+bool dispatcher::withdrawn(const waiting& w, std::shared_ptr<const snapshot>& snap,
+                           time_point now) {
+  if (!snap) snap = ctx_.subscriptions->current();
+  const auto current = snap->find(w.msg.subscription_id);
+  if (current && current->enabled) return false;
+  dead(w.msg, current ? "subscription disabled" : "subscription removed", nullptr);
+  if (w.msg.ordered) release_ordered(w.msg.subscription_id, now);
+  return true;
+}
+
 void dispatcher::pump(time_point now) {
   if (waiting_endpoints_.empty() || draining_) return;
+  std::shared_ptr<const snapshot> snap;  // taken when the first queued message is about to go
   std::vector<std::string> keys(waiting_endpoints_.begin(), waiting_endpoints_.end());
   for (const auto& key : keys) {
     auto it = endpoints_.find(key);
@@ -738,6 +749,7 @@ void dispatcher::pump(time_point now) {
       waiting w = std::move(ep.queue.front());
       ep.queue.pop_front();
       --waiting_;
+      if (withdrawn(w, snap, now)) continue;
       if (ep.breaker.is_open(now)) {
         defer(w, ep.breaker.open_until());
         continue;
@@ -970,7 +982,14 @@ void dispatcher::note_success(const std::string& subscription_id) {
 }
 
 void dispatcher::disable(const std::string& subscription_id, const std::string& reason) {
+  // Requests already under way when it was disabled answer the same way: the host hears of it
+  // once, unless the subscription was changed (or enabled again) since.
+  auto done = disabled_here_.find(subscription_id);
+  if (done != disabled_here_.end() &&
+      done->second == ctx_.subscriptions->current()->find(subscription_id))
+    return;
   ctx_.subscriptions->set_enabled(subscription_id, false);
+  disabled_here_[subscription_id] = ctx_.subscriptions->current()->find(subscription_id);
   ctx_.store->save_state({subscription_id, true, reason, std::nullopt});
   ctx_.logger->log(ctx_.hooks.on_subscription_disabled ? spdlog::level::info : spdlog::level::warn,
                    "subscription {} disabled: {}", subscription_id, reason);
@@ -988,6 +1007,7 @@ void dispatcher::sweep(time_point now) {
     else
       ++it;
   }
+  std::erase_if(disabled_here_, [&](const auto& d) { return snap->find(d.first) != d.second; });
   for (auto it = endpoints_.begin(); it != endpoints_.end();) {
     const auto& ep = it->second;
     if (ep.in_flight == 0 && ep.queue.empty() && ep.overflow.empty() && ep.breaker.idle() &&

@@ -132,6 +132,9 @@ class dispatcher {
   /// latency, at least queue_cap_.
   std::size_t queue_limit(const endpoint& ep, time_point now) const;
   void pump(time_point now);
+  /// True (and `w` dead) when w's subscription was disabled or removed while it waited: a 410,
+  /// the failure timer or the host stopped it. `snap` is fetched on first use.
+  bool withdrawn(const waiting& w, std::shared_ptr<const snapshot>& snap, time_point now);
   void defer(waiting& w, time_point at);
   void finish_ordered(const std::string& subscription_id, time_point now);
   /// The subscription has no message in flight any more (and its next may now be claimable).
@@ -234,6 +237,9 @@ class dispatcher {
     bool saved = false;
   };
   std::unordered_map<std::string, failing> failing_;
+  // Subscriptions this dispatcher disabled, as the registry held them right after: a later
+  // answer of a request sent before does not disable (and announce) them again.
+  std::unordered_map<std::string, std::shared_ptr<const subscription>> disabled_here_;
   std::uint64_t next_token_ = 1;
   std::uint64_t next_endpoint_id_ = 1;
   std::size_t flight_cap_ = 1;    // requests handed to the transport, in total
