@@ -418,8 +418,9 @@ std::vector<subscription> screen(std::vector<subscription> subs, const event_cat
     auto errors = validate(subs[i], catalog);
     if (errors.empty())
       if (auto it = first_at.find(subs[i].id); it != first_at.end())
-        errors.push_back({"id", "duplicate id '" + subs[i].id + "' (first given at index " +
-                                    std::to_string(it->second) + ")"});
+        errors.push_back({"id", "duplicate id '" + subs[i].id + "': entry " +
+                                    std::to_string(it->second + 1) +
+                                    " has it already (entries count from 1)"});
     if (!errors.empty()) {
       report.rejected.push_back({at, subs[i].id, std::move(errors)});
       continue;

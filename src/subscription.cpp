@@ -163,7 +163,12 @@ subscription subscription_from_json(const json& j) {
     } else if (en->is_string() && detail::iequals(en->get_ref<const std::string&>(), "false")) {
       s.enabled = false;
     } else {
-      errors.push_back({"enabled", "must be true or false, not " + detail::describe_type(*en)});
+      errors.push_back(
+          {"enabled", en->is_string()
+                          ? "must be true or false (or the string \"true\" or "
+                            "\"false\"), not \"" +
+                                en->get_ref<const std::string&>() + "\""
+                          : "must be true or false, not " + detail::describe_type(*en)});
     }
   }
 

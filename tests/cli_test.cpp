@@ -104,6 +104,20 @@ TEST(cli_help, every_subcommand_has_help_with_examples) {
   }
 }
 
+// Each command's help gives its own defaults and exit codes: worker --drain has no default
+// timeout, and publish cannot time out.
+TEST(cli_help, drain_timeout_and_exit_codes_are_each_commands_own) {
+  auto r = hookline({"worker", "--help"});
+  EXPECT_NE(r.out.find("as long as it takes"), std::string::npos) << r.out;
+  EXPECT_EQ(r.out.find("(default 60)"), std::string::npos) << r.out;
+  r = hookline({"dispatch", "--help"});
+  EXPECT_NE(r.out.find("(default 60)"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find(" 3 the drain timeout"), std::string::npos) << r.out;
+  r = hookline({"publish", "--help"});
+  EXPECT_NE(r.out.find("Exit codes: 0 ok"), std::string::npos) << r.out;
+  EXPECT_EQ(r.out.find("drain timeout"), std::string::npos) << r.out;
+}
+
 TEST_F(cli, dispatch_delivers_every_event_and_ends_with_the_summary_line) {
   const auto subs = file("subs.json", json::array({sub("a", "/a"), sub("b", "/b")}).dump());
   const auto events = file("events.jsonl", event_line("Create", "/Root/Content/x.txt") +
@@ -201,6 +215,34 @@ TEST_F(cli, dispatch_gives_up_at_once_on_410_and_400_and_logs_each_dead_message)
   EXPECT_EQ(count("disabled"), 1u) << r.err;
 }
 
+// Without --allow-private the guard refuses the loopback receiver: the message is dead, the
+// reason names the address and the flag, once, and nothing reached the receiver.
+TEST_F(cli, dispatch_refuses_a_loopback_receiver_unless_allowed) {
+  const auto subs = file("subs.json", json::array({sub("local", "/in")}).dump());
+  const auto events = file("e.jsonl", event_line("Create", "/Root/Content/x.txt"));
+  auto r = hookline({"dispatch", "--subscriptions", subs, events});
+  EXPECT_EQ(r.code, 0) << r.err;
+  EXPECT_EQ(r.summary()["dead"], 1);
+  EXPECT_NE(r.err.find("address 127.0.0.1 refused: loopback (--allow-private permits it)"),
+            std::string::npos)
+      << r.err;
+  EXPECT_EQ(r.err.find("refused"), r.err.rfind("refused")) << r.err;
+  EXPECT_EQ(server_.connections_accepted(), 0u);
+}
+
+// "none" is a single attempt, and the reason counts it in the singular.
+TEST_F(cli, dispatch_with_no_retries_gives_up_after_one_attempt) {
+  server_.respond_always("/down", response::of(503));
+  const auto subs = file("subs.json", json::array({sub("down", "/down")}).dump());
+  const auto events = file("e.jsonl", event_line("Create", "/Root/Content/x.txt"));
+  auto r = hookline(
+      {"dispatch", "--subscriptions", subs, "--allow-private", "--retry-schedule", "none", events});
+  EXPECT_EQ(r.code, 0) << r.err;
+  EXPECT_EQ(r.summary()["dead"], 1);
+  EXPECT_EQ(server_.request_count("/down"), 1u);
+  EXPECT_NE(r.err.find("gave up after 1 attempt: HTTP 503"), std::string::npos) << r.err;
+}
+
 TEST_F(cli, dispatch_exits_3_when_the_drain_timeout_leaves_messages_pending) {
   server_.respond_always("/down", response::of(503));
   const auto subs = file("subs.json", json::array({sub("down", "/down")}).dump());
@@ -211,6 +253,19 @@ TEST_F(cli, dispatch_exits_3_when_the_drain_timeout_leaves_messages_pending) {
   EXPECT_EQ(r.code, 3) << r.err;
   EXPECT_EQ(r.summary()["pending"], 1);
   EXPECT_LT(std::chrono::steady_clock::now() - started, 20s);
+}
+
+// A request under way when the drain timeout passes gets a moment to finish as the hub stops;
+// if that settles the last message, nothing is pending and the run did not time out.
+TEST_F(cli, dispatch_exits_0_when_the_request_under_way_at_the_drain_timeout_settles) {
+  server_.respond_always("/slow", response::slow(900ms, 204));
+  const auto subs = file("subs.json", json::array({sub("slow", "/slow")}).dump());
+  const auto events = file("e.jsonl", event_line("Create", "/Root/Content/x.txt"));
+  auto r = hookline({"dispatch", "--subscriptions", subs, "--allow-private", "--timeout", "10",
+                     "--drain-timeout", "0.5", events});
+  EXPECT_EQ(r.code, 0) << r.err;
+  EXPECT_EQ(r.summary()["delivered"], 1);
+  EXPECT_EQ(r.summary()["pending"], 0);
 }
 
 TEST_F(cli, bad_arguments_exit_2_and_name_the_problem) {
@@ -233,6 +288,19 @@ TEST_F(cli, bad_arguments_exit_2_and_name_the_problem) {
   r = hookline({"dispatch", "--subscriptions", subs, "--retry-schedule", "1,soon", events});
   EXPECT_EQ(r.code, 2);
   EXPECT_NE(r.err.find("soon"), std::string::npos) << r.err;
+
+  // An empty schedule is a mistake, not "one attempt" (that is "none").
+  r = hookline({"dispatch", "--subscriptions", subs, "--retry-schedule", "", events});
+  EXPECT_EQ(r.code, 2);
+  EXPECT_NE(r.err.find("--retry-schedule: empty"), std::string::npos) << r.err;
+
+  // 0 and a negative timeout get the same message.
+  for (const char* t : {"0", "-1"}) {
+    r = hookline({"dispatch", "--subscriptions", subs, "--timeout", t, events});
+    EXPECT_EQ(r.code, 2) << t;
+    EXPECT_NE(r.err.find("--timeout: must be a positive number of seconds"), std::string::npos)
+        << t << ": " << r.err;
+  }
 
   r = hookline({"dispatch", "--subscriptions", subs, "--store", "nosuch:thing", events});
   EXPECT_EQ(r.code, 2);
@@ -331,6 +399,19 @@ TEST_F(cli, deliveries_redeliver_and_recover_work_on_a_store) {
   EXPECT_NE(r.out.find("MESSAGE"), std::string::npos);
   EXPECT_NE(r.out.find(dead[0]["id"].get<std::string>()), std::string::npos);
 
+  // The limit says when it cut the list short; 0 and memory: are refused with a reason.
+  r = hookline({"deliveries", "--store", store, "--json", "--limit", "1"});
+  EXPECT_EQ(r.code, 0) << r.err;
+  EXPECT_EQ(json_lines(r.out).size(), 1u);
+  EXPECT_NE(r.err.find("stopped at the limit of 1 messages"), std::string::npos) << r.err;
+  r = hookline({"deliveries", "--store", store, "--json", "--limit", "2"});
+  EXPECT_EQ(r.err.find("limit"), std::string::npos) << r.err;
+  r = hookline({"deliveries", "--store", store, "--limit", "0"});
+  EXPECT_EQ(r.code, 2);
+  EXPECT_NE(r.err.find("--limit"), std::string::npos) << r.err;
+  r = hookline({"deliveries", "--store", "memory:"});
+  EXPECT_EQ(r.code, 2);
+  EXPECT_NE(r.err.find("only inside the process"), std::string::npos) << r.err;
   EXPECT_EQ(hookline({"deliveries", "--store", store, "--status", "lost"}).code, 2);
   EXPECT_EQ(hookline({"deliveries", "--store", "sqlite:" + path("nothing.db")}).code, 2);
   EXPECT_FALSE(fs::exists(path("nothing.db")));
@@ -391,6 +472,15 @@ TEST_F(cli, attempts_and_stats_show_each_attempt_and_the_counts_of_a_store) {
   EXPECT_EQ(log[2]["success"], true);
   EXPECT_EQ(log[2]["attempt"], 3);
   EXPECT_EQ(log[2]["messageId"], log[0]["messageId"]);
+  EXPECT_EQ(r.err.find("limit"), std::string::npos) << r.err;
+  // A limit keeps the most recent, still oldest first, and says that it cut the list.
+  r = hookline({"attempts", "--store", store, "--subscription", "f", "--json", "--limit", "2"});
+  ASSERT_EQ(r.code, 0) << r.err;
+  const auto recent = json_lines(r.out);
+  ASSERT_EQ(recent.size(), 2u) << r.out;
+  EXPECT_EQ(recent[0]["statusCode"], 503);
+  EXPECT_EQ(recent[1]["statusCode"], 200);
+  EXPECT_NE(r.err.find("the most recent 2 only"), std::string::npos) << r.err;
 
   const std::string bad_id = [&] {
     for (const auto& j : json_lines(hookline({"attempts", "--store", store, "--json"}).out)) {

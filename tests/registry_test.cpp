@@ -372,6 +372,9 @@ TEST(registry, replace_all_reports_invalid_entries_and_duplicate_ids) {
   EXPECT_EQ(report.rejected[0].errors[0].field, "url");
   EXPECT_EQ(report.rejected[1].index, 2u);
   EXPECT_EQ(report.rejected[1].errors[0].field, "id");
+  // The message counts entries from 1, as the command line tool does; `index` counts from 0.
+  EXPECT_EQ(report.rejected[1].errors[0].reason,
+            "duplicate id 'a': entry 1 has it already (entries count from 1)");
   EXPECT_EQ(match_ids(r, ev("Create", "/Root/x", "File")), (ids_t{"a", "b"}));
   EXPECT_FALSE(r.get("old"));
 }

@@ -151,6 +151,9 @@ TEST(subscription, a_broken_field_is_recorded_and_the_rest_still_parsed) {
   EXPECT_EQ(s.name, "kept");
   EXPECT_EQ(s.url, "https://h/");
   EXPECT_NE(reason_for(s.parse_errors, "filter").find("not valid JSON"), std::string::npos);
+  // A string other than "true"/"false" is named, and the strings that work are too.
+  EXPECT_EQ(reason_for(s.parse_errors, "enabled"),
+            R"(must be true or false (or the string "true" or "false"), not "yes")");
   // validate() reports parse errors together with the semantic checks.
   auto errors = validate(s);
   EXPECT_EQ(reason_for(errors, "filter"), reason_for(s.parse_errors, "filter"));

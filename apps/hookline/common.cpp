@@ -95,7 +95,12 @@ duration seconds_to_duration(double seconds, const char* flag) {
 std::vector<duration> parse_retry_schedule(const std::string& text) {
   std::vector<duration> out;
   const std::string all = trim(text);
-  if (all.empty() || all == "none") return out;
+  if (all == "none") return out;
+  if (all.empty()) {
+    throw usage_error(
+        "--retry-schedule: empty; give the delays in seconds (e.g. 5,300,1800), or none for a "
+        "single attempt");
+  }
   std::size_t start = 0;
   std::size_t position = 1;
   while (true) {
@@ -118,8 +123,11 @@ std::vector<duration> parse_retry_schedule(const std::string& text) {
 void apply_delivery_flags(const delivery_flags& f, options& opts) {
   opts.delivery.allow_private_networks = f.allow_private;
   if (f.timeout_seconds) {
+    // Checked before the conversion, so that -1 and 0 get the same message.
+    if (!(*f.timeout_seconds > 0))
+      throw usage_error("--timeout: must be a positive number of seconds");
     const auto d = seconds_to_duration(*f.timeout_seconds, "--timeout");
-    if (d.count() <= 0) throw usage_error("--timeout: must be more than 0 seconds");
+    if (d.count() <= 0) throw usage_error("--timeout: must be at least 0.001 seconds");
     opts.delivery.request_timeout = d;
     opts.delivery.connect_timeout = std::min(opts.delivery.connect_timeout, d);
     opts.store_settings.request_timeout = d;

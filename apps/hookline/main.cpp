@@ -2,6 +2,7 @@
 #include <CLI/CLI.hpp>
 
 #include <iostream>
+#include <string>
 
 #include "cli.hpp"
 
@@ -21,7 +22,8 @@ struct delivery_options_ref {
   std::size_t concurrency_value = 0;
   std::size_t endpoint_concurrency_value = 0;
 
-  void add(CLI::App* app, delivery_flags& f, bool with_drain) {
+  /// `drain_help`: the --drain-timeout option's help, or null for a command without it.
+  void add(CLI::App* app, delivery_flags& f, const char* drain_help) {
     app->add_flag("--allow-private", f.allow_private,
                   "Allow loopback and private addresses (development, tests); the SSRF guard "
                   "refuses them by default");
@@ -35,11 +37,8 @@ struct delivery_options_ref {
                                   "Requests in flight in total (default 512)");
     endpoint_concurrency = app->add_option("--endpoint-concurrency", endpoint_concurrency_value,
                                            "Requests in flight per endpoint URL (default 16)");
-    if (with_drain) {
-      drain_timeout = app->add_option(
-          "--drain-timeout", f.drain_timeout_seconds,
-          "Seconds to wait at the end for every message to be delivered or dead (default 60)");
-    }
+    if (drain_help != nullptr)
+      drain_timeout = app->add_option("--drain-timeout", f.drain_timeout_seconds, drain_help);
   }
   void collect(delivery_flags& f, bool* drain_given = nullptr) const {
     if (timeout->count()) f.timeout_seconds = timeout_value;
@@ -50,11 +49,21 @@ struct delivery_options_ref {
   }
 };
 
-const char* const exit_codes_help =
-    "\nExit codes: 0 ok; 1 a bad input line (or another failure, see docs/cli.md); 2 bad "
-    "arguments or an unreadable file; 3 the drain timeout left messages pending.\nThe last "
-    "line on stdout is {\"published\":N,\"messages\":M,\"delivered\":D,\"dead\":X,"
+const char* const summary_line_help =
+    "The last line on stdout is {\"published\":N,\"messages\":M,\"delivered\":D,\"dead\":X,"
     "\"pending\":P,\"errors\":E}.\n";
+const std::string exit_codes_help =
+    std::string(
+        "\nExit codes: 0 ok; 1 a bad input line (or another failure, see docs/cli.md); 2 "
+        "bad arguments or an unreadable file; 3 the drain timeout left messages "
+        "pending.\n") +
+    summary_line_help;
+// publish waits for no delivery, so it has no drain timeout.
+const std::string publish_exit_codes_help =
+    std::string(
+        "\nExit codes: 0 ok; 1 a bad input line (the others are still published) or "
+        "another failure, see docs/cli.md; 2 bad arguments or an unreadable file.\n") +
+    summary_line_help;
 
 }  // namespace
 
@@ -82,7 +91,9 @@ int main(int argc, char** argv) {
       ->required();
   dispatch->add_option("--store", dispatch_f.store,
                        "Store URI: memory: (default), sqlite:PATH or postgres:CONNINFO");
-  dispatch_d.add(dispatch, dispatch_f.delivery, true);
+  dispatch_d.add(dispatch, dispatch_f.delivery,
+                 "Seconds to wait at the end for every message to be delivered or dead (default "
+                 "60); requests under way then get up to 1 s more");
   dispatch->add_option("EVENTS_FILE", dispatch_f.events,
                        "Events, one JSON object per line; - or nothing reads stdin");
   dispatch->footer(
@@ -112,7 +123,7 @@ int main(int argc, char** argv) {
                               "sqlite:outbox.db --drain\n"
                               "Exits once every message is committed; pending in the summary is "
                               "what the store holds.") +
-                  exit_codes_help);
+                  publish_exit_codes_help);
 
   // worker
   run_flags worker_f;
@@ -124,7 +135,9 @@ int main(int argc, char** argv) {
   worker->add_option("--store", worker_f.store, "Store URI: sqlite:PATH or postgres:CONNINFO")
       ->required();
   worker->add_flag("--drain", worker_f.drain, "Exit once no message is pending");
-  worker_d.add(worker, worker_f.delivery, true);
+  worker_d.add(worker, worker_f.delivery,
+               "With --drain: seconds to wait for every message to be delivered or dead (default: "
+               "as long as it takes); requests under way then get up to 5 s more");
   worker->footer(std::string("Examples:\n"
                              "  hookline worker --subscriptions subs.json --store "
                              "sqlite:outbox.db\n"
@@ -145,7 +158,7 @@ int main(int argc, char** argv) {
   deliveries->add_option("--subscription", deliveries_f.subscription, "Only this subscription id");
   deliveries->add_flag("--json", deliveries_f.json, "One JSON object per line instead of a table");
   deliveries->add_option("--limit", deliveries_f.limit, "At most this many (default 1000)")
-      ->check(CLI::PositiveNumber);
+      ->check(CLI::Range(std::size_t{1}, std::size_t{100'000'000}));
   deliveries->footer(
       "Examples:\n"
       "  hookline deliveries --store sqlite:outbox.db\n"
@@ -164,7 +177,7 @@ int main(int argc, char** argv) {
   attempts
       ->add_option("--limit", attempts_f.limit,
                    "The most recent this many (default 1000), listed oldest first")
-      ->check(CLI::PositiveNumber);
+      ->check(CLI::Range(std::size_t{1}, std::size_t{100'000'000}));
   attempts->footer(
       "Examples:\n"
       "  hookline attempts --store sqlite:outbox.db --message msg_2Qx...\n"
@@ -279,7 +292,7 @@ int main(int argc, char** argv) {
   fire->add_option("--subscriptions", fire_f.subscriptions, "Subscriptions JSON file")->required();
   fire->add_option("--subscription", fire_f.subscription_id, "The subscription id")->required();
   fire->add_option("--store", fire_f.store, "Store URI (default memory:)");
-  fire_d.add(fire, fire_f.delivery, false);
+  fire_d.add(fire, fire_f.delivery, nullptr);
   fire->add_option("EVENT_JSON", fire_f.event_json,
                    "The event as JSON, or - to read it from stdin; default: a Create event for "
                    "the subscription's filter path");

@@ -15,6 +15,12 @@ namespace {
 
 // Read-only commands must not create an empty SQLite file by mistake.
 std::shared_ptr<delivery_store> open_existing_store(const std::string& uri) {
+  if (uri.rfind("memory:", 0) == 0) {
+    // A new process's memory store is always empty: an answer from it would mislead.
+    throw usage_error("--store: " + uri +
+                      " holds messages only inside the process that made it; give sqlite:PATH or "
+                      "postgres:CONNINFO");
+  }
   constexpr std::string_view sqlite = "sqlite:";
   if (uri.rfind(sqlite, 0) == 0) {
     std::string path = uri.substr(sqlite.size());
@@ -132,9 +138,14 @@ int run_deliveries(const deliveries_flags& f) {
       throw usage_error("--status: \"" + f.status + "\" is not pending, delivered or dead");
   }
   if (!f.subscription.empty()) q.subscription_id = f.subscription;
-  q.limit = f.limit;
+  q.limit = f.limit + 1;  // one more, to tell whether the limit cut the list short
   auto store = open_existing_store(f.store);
-  const auto ms = store->query(q);
+  auto ms = store->query(q);
+  if (ms.size() > f.limit) {
+    ms.resize(f.limit);
+    console::instance().error_line("hookline deliveries: stopped at the limit of " +
+                                   std::to_string(f.limit) + " messages; --limit sets it");
+  }
   if (f.json) {
     for (const auto& m : ms) std::cout << json_line(m) << "\n";
   } else {
@@ -149,9 +160,14 @@ int run_attempts(const attempts_flags& f) {
   if (!f.message.empty()) q.message_id = f.message;
   if (!f.subscription.empty()) q.subscription_id = f.subscription;
   if (!f.since.empty()) q.since = parse_since(f.since);
-  q.limit = f.limit;
+  q.limit = f.limit + 1;  // one more, to tell whether the limit cut the list short
   auto store = open_existing_store(f.store);
-  const auto as = store->attempts(q);
+  auto as = store->attempts(q);
+  if (as.size() > f.limit) {
+    as.erase(as.begin());  // oldest first: the extra one is the oldest
+    console::instance().error_line("hookline attempts: the most recent " + std::to_string(f.limit) +
+                                   " only (--limit sets how many)");
+  }
   if (f.json) {
     for (const auto& a : as) std::cout << json_line(a) << "\n";
   } else {

@@ -874,13 +874,14 @@ void dispatcher::handle(http_response&& r, time_point now) {
       }
       const auto delay =
           policy.next_delay(static_cast<std::size_t>(rec.attempt), o.retry_after, rng_);
+      const auto gave_up = [&] {
+        return "gave up after " + std::to_string(rec.attempt) +
+               (rec.attempt == 1 ? " attempt" : " attempts");
+      };
       if (!delay) {
-        dead(m, "gave up after " + std::to_string(rec.attempt) + " attempts: " + o.reason, &rec);
+        dead(m, gave_up() + ": " + o.reason, &rec);
       } else if (policy.expired(m.created_at, now + *delay)) {
-        dead(m,
-             "gave up after " + std::to_string(rec.attempt) +
-                 " attempts (the next would exceed the maximum age): " + o.reason,
-             &rec);
+        dead(m, gave_up() + " (the next would exceed the maximum age): " + o.reason, &rec);
       } else {
         results_.push_back({m.id, now + *delay, std::move(rec), ctx_.worker_id});
         ctx_.counters->retries.fetch_add(1, std::memory_order_relaxed);

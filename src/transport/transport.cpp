@@ -798,7 +798,8 @@ class transport::impl {
     if (t.refusal && !t.permitted) {
       r.kind = error_kind::refused;
       r.error = *t.refusal;
-      logger_->warn("transport: request {} not sent: {}", r.token, r.error);
+      // The dispatcher reports the refusal with its message (dead, with this reason).
+      logger_->debug("transport: request {} not sent: {}", r.token, r.error);
       return;
     }
     r.kind = classify(code);
@@ -826,7 +827,7 @@ class transport::impl {
     t->resp.kind = kind;
     t->resp.error = std::move(message);
     if (kind == error_kind::refused) {
-      logger_->warn("transport: request {} not sent: {}", t->resp.token, t->resp.error);
+      logger_->debug("transport: request {} not sent: {}", t->resp.token, t->resp.error);
     }
     retire(std::move(t));
   }
