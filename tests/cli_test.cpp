@@ -314,6 +314,22 @@ TEST_F(cli, bad_arguments_exit_2_and_name_the_problem) {
   EXPECT_EQ(r.code, 2);
 }
 
+// A draining worker with nothing due for a while says what it waits for, and when.
+TEST_F(cli, a_waiting_worker_says_when_its_next_message_is_due) {
+  server_.respond_always("/down", response::of(503));
+  const auto subs = file("subs.json", json::array({sub("down", "/down")}).dump());
+  const auto events = file("e.jsonl", event_line("Create", "/Root/Content/x.txt"));
+  const std::string store = "sqlite:" + path("outbox.db");
+  ASSERT_EQ(hookline({"publish", "--subscriptions", subs, "--store", store, events}).code, 0);
+  auto r = hookline({"worker", "--subscriptions", subs, "--store", store, "--allow-private",
+                     "--retry-schedule", "120", "--drain", "--drain-timeout", "6.5"});
+  EXPECT_EQ(r.code, 3) << r.err;
+  EXPECT_EQ(r.summary()["pending"], 1);
+  EXPECT_EQ(server_.request_count("/down"), 1u);
+  EXPECT_NE(r.err.find("hookline worker: 1 message pending, none due before 20"), std::string::npos)
+      << r.err;
+}
+
 TEST_F(cli, publish_then_worker_on_sqlite_and_a_rerun_resumes) {
   const auto subs = file("subs.json", json::array({sub("a", "/a")}).dump());
   std::string lines;

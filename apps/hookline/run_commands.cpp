@@ -5,6 +5,7 @@
 #include <cstdio>
 #include <iostream>
 #include <map>
+#include <optional>
 #include <sstream>
 
 #include "cli.hpp"
@@ -211,6 +212,37 @@ int run_publish(const run_flags& f) {
   return run_publishing(f, false);
 }
 
+// A draining worker with nothing to do for a while says why it still waits: messages whose next
+// attempt is later, or that another worker holds (after a crash, until its leases run out).
+// Without it a worker waiting out a dead worker's leases looks hung.
+class quiet_notice {
+ public:
+  void check(hub& h, steady::time_point now) {
+    const auto c = h.counters();
+    const std::uint64_t seen = c.attempts + c.delivered + c.dead;
+    if (seen != seen_ || now - since_ < std::chrono::seconds(5)) {
+      if (seen != seen_) since_ = now;
+      seen_ = seen;
+      return;
+    }
+    since_ = now;  // looked again in 5 s
+    const auto wall = std::chrono::system_clock::now();
+    const auto due = h.store().next_due(wall);
+    if (!due || *due <= wall + std::chrono::seconds(1) || due == told_) return;
+    told_ = due;
+    const auto pending = h.store().count_pending(wall);
+    console::instance().error_line(
+        "hookline worker: " + std::to_string(pending) + (pending == 1 ? " message" : " messages") +
+        " pending, none due before " + format_iso8601(*due) +
+        " (a retry's delay, or the lease of a worker that has them or crashed with them)");
+  }
+
+ private:
+  std::uint64_t seen_ = 0;
+  steady::time_point since_ = steady::now();
+  std::optional<hookline::time_point> told_;
+};
+
 int run_worker(const run_flags& f) {
   session s;
   s.file = read_subscriptions_file(f.subscriptions);
@@ -239,8 +271,10 @@ int run_worker(const run_flags& f) {
 
   const auto started = steady::now();
   int signal_seen = 0;
+  quiet_notice quiet;
   while (true) {
     if (f.drain && h.wait_idle(std::chrono::milliseconds(200))) break;
+    if (f.drain) quiet.check(h, steady::now());
     timespec wait{};
     wait.tv_nsec = f.drain ? 0 : 200'000'000;
     siginfo_t info{};
