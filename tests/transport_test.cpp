@@ -221,6 +221,25 @@ TEST(transport, post_delivers_body_and_headers) {
   EXPECT_EQ(t.in_flight(), 0u);
 }
 
+// A large body goes at once, without a 100-continue round trip (libcurl would ask for one).
+TEST(transport, large_body_is_sent_without_expect_100_continue) {
+  test_server server;
+  collector c;
+  transport t(local_options(), c.callback(), nullptr);
+  for (std::size_t size : {std::size_t{2000}, std::size_t{3} << 20}) {
+    t.submit(make_request(size, server.url("/big"), "POST", std::string(size, 'x')));
+    auto r = c.get(size);
+    EXPECT_EQ(r.status, 200) << size << " " << r.error;
+  }
+  const auto all = server.requests();
+  ASSERT_EQ(all.size(), 2u);
+  for (const auto& got : all) {
+    EXPECT_FALSE(got.has_header("Expect")) << got.body.size();
+    EXPECT_EQ(got.body, std::string(got.body.size(), 'x'));
+  }
+  EXPECT_EQ(all[1].body.size(), std::size_t{3} << 20);
+}
+
 // The request comes back with its response, with the buffers it was sent from, so the caller
 // can reuse them; the transport holds no pointer into it afterwards.
 TEST(transport, response_hands_the_request_back) {
