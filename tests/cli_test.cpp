@@ -258,7 +258,7 @@ TEST_F(cli, dispatch_exits_3_when_the_drain_timeout_leaves_messages_pending) {
 // A request under way when the drain timeout passes gets a moment to finish as the hub stops;
 // if that settles the last message, nothing is pending and the run did not time out.
 TEST_F(cli, dispatch_exits_0_when_the_request_under_way_at_the_drain_timeout_settles) {
-  server_.respond_always("/slow", response::slow(900ms, 204));
+  server_.respond_always("/slow", response::slow(600ms, 204));
   const auto subs = file("subs.json", json::array({sub("slow", "/slow")}).dump());
   const auto events = file("e.jsonl", event_line("Create", "/Root/Content/x.txt"));
   auto r = hookline({"dispatch", "--subscriptions", subs, "--allow-private", "--timeout", "10",
@@ -419,7 +419,7 @@ TEST_F(cli, deliveries_redeliver_and_recover_work_on_a_store) {
   r = hookline({"deliveries", "--store", store, "--json", "--limit", "1"});
   EXPECT_EQ(r.code, 0) << r.err;
   EXPECT_EQ(json_lines(r.out).size(), 1u);
-  EXPECT_NE(r.err.find("stopped at the limit of 1 messages"), std::string::npos) << r.err;
+  EXPECT_NE(r.err.find("stopped at the limit of 1 message;"), std::string::npos) << r.err;
   r = hookline({"deliveries", "--store", store, "--json", "--limit", "2"});
   EXPECT_EQ(r.err.find("limit"), std::string::npos) << r.err;
   r = hookline({"deliveries", "--store", store, "--limit", "0"});

@@ -15,7 +15,7 @@ namespace {
 
 // Read-only commands must not create an empty SQLite file by mistake.
 std::shared_ptr<delivery_store> open_existing_store(const std::string& uri) {
-  if (uri.rfind("memory:", 0) == 0) {
+  if (uri == "memory" || uri.rfind("memory:", 0) == 0) {
     // A new process's memory store is always empty: an answer from it would mislead.
     throw usage_error("--store: " + uri +
                       " holds messages only inside the process that made it; give sqlite:PATH or "
@@ -144,7 +144,8 @@ int run_deliveries(const deliveries_flags& f) {
   if (ms.size() > f.limit) {
     ms.resize(f.limit);
     console::instance().error_line("hookline deliveries: stopped at the limit of " +
-                                   std::to_string(f.limit) + " messages; --limit sets it");
+                                   std::to_string(f.limit) +
+                                   (f.limit == 1 ? " message" : " messages") + "; --limit sets it");
   }
   if (f.json) {
     for (const auto& m : ms) std::cout << json_line(m) << "\n";

@@ -749,14 +749,15 @@ void dispatcher::pump(time_point now) {
       waiting w = std::move(ep.queue.front());
       ep.queue.pop_front();
       --waiting_;
+      if (w.claimed + hold_ <= now) {
+        // Held long enough that its lease is at risk: give it back rather than send it twice
+        // (or declare dead a message another worker may hold by now).
+        defer(w, now);
+        continue;
+      }
       if (withdrawn(w, snap, now)) continue;
       if (ep.breaker.is_open(now)) {
         defer(w, ep.breaker.open_until());
-        continue;
-      }
-      if (w.claimed + hold_ <= now) {
-        // Held long enough that its lease is at risk: give it back rather than send it twice.
-        defer(w, now);
         continue;
       }
       if (!try_send(key, ep, w, now)) {
@@ -962,6 +963,11 @@ void dispatcher::note_failure(const subscription& sub, const std::string& reason
                               bool& disabled) {
   const auto limit = ctx_.delivery.auto_disable_after;
   if (limit.count() <= 0) return;
+  // A request that was under way when the subscription was disabled (or removed) says nothing
+  // new, and must not overwrite the saved disabled state with a failing one.
+  if (const auto current = ctx_.subscriptions->current()->find(sub.id);
+      !current || !current->enabled)
+    return;
   auto it = failing_.find(sub.id);
   if (it == failing_.end()) {
     failing_[sub.id] = {now, true};
@@ -979,24 +985,33 @@ void dispatcher::note_success(const std::string& subscription_id) {
   auto it = failing_.find(subscription_id);
   if (it == failing_.end()) return;
   failing_.erase(it);
+  // As in note_failure(): a disabled subscription's saved state stays as it is.
+  if (const auto current = ctx_.subscriptions->current()->find(subscription_id);
+      !current || !current->enabled)
+    return;
   ctx_.store->save_state({subscription_id, false, {}, std::nullopt});
 }
 
 void dispatcher::disable(const std::string& subscription_id, const std::string& reason) {
+  const auto current = ctx_.subscriptions->current()->find(subscription_id);
+  if (!current) return;  // removed meanwhile: nothing left to disable
   // Requests already under way when it was disabled answer the same way: the host hears of it
   // once, unless the subscription was changed (or enabled again) since.
-  auto done = disabled_here_.find(subscription_id);
-  if (done != disabled_here_.end() &&
-      done->second == ctx_.subscriptions->current()->find(subscription_id))
+  if (auto done = disabled_here_.find(subscription_id);
+      done != disabled_here_.end() && done->second == current)
     return;
   ctx_.subscriptions->set_enabled(subscription_id, false);
-  disabled_here_[subscription_id] = ctx_.subscriptions->current()->find(subscription_id);
+  // Its requests still waiting in the transport for a slot do not go either: cancelled, they
+  // return to the store and die when claimed (another subscription's on the same URL go again).
+  if (auto ep = endpoints_.find(current->url); ep != endpoints_.end())
+    transport_->cancel_waiting(ep->second.id);
   ctx_.store->save_state({subscription_id, true, reason, std::nullopt});
   ctx_.logger->log(ctx_.hooks.on_subscription_disabled ? spdlog::level::info : spdlog::level::warn,
                    "subscription {} disabled: {}", subscription_id, reason);
   if (ctx_.hooks.on_subscription_disabled)
     call_hook("on_subscription_disabled",
               [&] { ctx_.hooks.on_subscription_disabled(subscription_id, reason); });
+  disabled_here_[subscription_id] = ctx_.subscriptions->current()->find(subscription_id);
 }
 
 void dispatcher::sweep(time_point now) {
