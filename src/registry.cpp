@@ -188,7 +188,10 @@ std::vector<std::shared_ptr<const subscription>> snapshot::match(const event& e)
   const impl& s = *impl_;
   std::vector<std::shared_ptr<const subscription>> result;
   if (s.size == 0) return result;
-  const std::string path = detail::ascii_lower(e.path);
+  // An event without a path (no content behind it) is in the whole repository: the filters on
+  // /Root select it, as a filter without a path means /Root.
+  const bool no_path = e.path.find_first_not_of('/') == std::string::npos;
+  const std::string path = no_path ? std::string("/root") : detail::ascii_lower(e.path);
   const std::string event_name = detail::ascii_lower(e.event_name);
   std::vector<std::string> ancestors;
   match_query q{e.content_type, event_name, nullptr};
@@ -457,18 +460,21 @@ std::vector<std::shared_ptr<const subscription>> registry::match(const event& e)
 }
 
 load_report registry::load_json(const json& j) {
+  static constexpr const char* expected =
+      "subscriptions JSON must be an array, an object with a \"subscriptions\" array or a "
+      "sensenet OData export ({\"d\": {\"results\": [...]}})";
   const json* list = &j;
   if (j.is_object()) {
-    auto it = j.find("subscriptions");
-    if (it == j.end() || !it->is_array())
-      throw error(
-          "subscriptions JSON must be an array or an object with a \"subscriptions\" array");
-    list = &*it;
+    if (auto it = j.find("subscriptions"); it != j.end() && it->is_array()) {
+      list = &*it;
+    } else if (auto d = j.find("d"); d != j.end() && d->is_object() && d->contains("results") &&
+                                     (*d)["results"].is_array()) {
+      list = &(*d)["results"];  // what sensenet's OData API returns for its WebHookSubscriptions
+    } else {
+      throw error(expected);
+    }
   } else if (!j.is_array()) {
-    throw error(
-        "subscriptions JSON must be an array or an object with a \"subscriptions\" array, "
-        "not " +
-        detail::describe_type(j));
+    throw error(std::string(expected) + ", not " + detail::describe_type(j));
   }
   load_report report;
   std::vector<subscription> parsed;

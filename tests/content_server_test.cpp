@@ -153,7 +153,8 @@ TEST_F(content_server, subscription_crud_with_every_invalid_field_reported) {
   EXPECT_EQ(j["signed"], true);
   EXPECT_FALSE(j.contains("secret") || j.contains("secrets")) << "secrets are never shown";
 
-  // sensenet's field names, filter and headers as JSON strings; an id is assigned.
+  // sensenet's field names, filter and headers as JSON strings; the Name serves as the id, as
+  // everywhere (subscriptions.md).
   std::tie(status, j) =
       call("POST", "/webhooks",
            {{"Name", "sn"},
@@ -162,8 +163,17 @@ TEST_F(content_server, subscription_crud_with_every_invalid_field_reported) {
              R"({"Path":"/Root/Content","ContentTypes":[{"Name":"File","Events":["Create"]}]})"},
             {"WebHookHeaders", R"({"X-Api-Key":"k"})"}});
   ASSERT_EQ(status, 201) << j.dump();
-  const std::string sn_id = j["id"];
-  EXPECT_FALSE(sn_id.empty());
+  EXPECT_EQ(j["id"], "sn");
+  // Any spelling of the id key is read; without an id or a name the server assigns one.
+  std::tie(status, j) = call("POST", "/webhooks", {{"ID", "upper"}, {"url", receiver_.url("/u")}});
+  ASSERT_EQ(status, 201) << j.dump();
+  EXPECT_EQ(j["id"], "upper");
+  std::tie(status, j) = call("POST", "/webhooks", {{"url", receiver_.url("/a")}});
+  ASSERT_EQ(status, 201) << j.dump();
+  EXPECT_EQ(j["id"].get<std::string>().rfind("wh-", 0), 0u) << j.dump();
+  const std::string assigned = j["id"];
+  ASSERT_EQ(call("DELETE", "/webhooks/upper").first, 204);
+  ASSERT_EQ(call("DELETE", "/webhooks/" + assigned).first, 204);
 
   EXPECT_EQ(call("POST", "/webhooks", docs_subscription("docs", "/in")).first, 409);
   std::tie(status, j) = call("GET", "/webhooks");
@@ -180,8 +190,8 @@ TEST_F(content_server, subscription_crud_with_every_invalid_field_reported) {
   EXPECT_EQ(call("PUT", "/webhooks/docs", changed).first, 400);
   EXPECT_EQ(call("PUT", "/webhooks/nobody", docs_subscription("nobody", "/x")).first, 404);
 
-  EXPECT_EQ(call("DELETE", "/webhooks/" + sn_id).first, 204);
-  EXPECT_EQ(call("GET", "/webhooks/" + sn_id).first, 404);
+  EXPECT_EQ(call("DELETE", "/webhooks/sn").first, 204);
+  EXPECT_EQ(call("GET", "/webhooks/sn").first, 404);
   EXPECT_EQ(call("GET", "/webhooks/docs").second["url"], receiver_.url("/in2"));
 
   // Subscriptions survive a restart of the server.

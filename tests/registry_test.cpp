@@ -1,6 +1,7 @@
 #include "hookline/registry.hpp"
 
 #include <sys/stat.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <atomic>
@@ -116,6 +117,10 @@ TEST(registry, missing_path_means_root) {
   r.add(defaulted);
   EXPECT_EQ(match_ids(r, ev("Create", "/Root/Any/Where/x", "File")), (ids_t{"empty", "default"}));
   EXPECT_EQ(match_ids(r, ev("Create", "/Root", "File")), (ids_t{"empty", "default"}));
+  // An event without a path is under /Root only: filters on a folder below do not select it.
+  r.add(sub("docs", "/Root/Docs", {{"File", {"Create"}}}));
+  for (const char* none : {"", "/", "//"})
+    EXPECT_EQ(match_ids(r, ev("Create", none, "File")), (ids_t{"empty", "default"})) << none;
 }
 
 TEST(registry, content_type_must_match_exactly_and_case_sensitively) {
@@ -427,6 +432,30 @@ TEST(registry, load_json_accepts_an_object_with_a_subscriptions_array_and_sensen
   EXPECT_EQ(match_ids(r, ev("CheckOut", "/Root/Content/a", "File")), ids_t{"1234"});
   EXPECT_THROW(r.load_json(nlohmann::json{{"items", 1}}), error);
   EXPECT_THROW(r.load_json(nlohmann::json("x")), error);
+}
+
+// What sensenet's OData API returns for its subscriptions loads as it is, in the library as in
+// the command line tool.
+TEST(registry, load_file_accepts_a_sensenet_odata_export) {
+  const auto file = std::filesystem::temp_directory_path() /
+                    ("hookline_odata_" + std::to_string(::getpid()) + ".json");
+  {
+    std::ofstream out(file);
+    out << R"({"d": {"__count": 1, "results": [
+      {"Id": 5, "Name": "n", "WebHookUrl": "https://a.example.com/", "Enabled": "true"}]}})";
+  }
+  registry r;
+  const auto report = r.load_file(file);
+  std::filesystem::remove(file);
+  EXPECT_EQ(report.loaded, 1u);
+  ASSERT_TRUE(r.get("5"));
+  EXPECT_EQ(r.get("5")->url, "https://a.example.com/");
+  try {
+    r.load_json(nlohmann::json{{"d", {{"results", 5}}}});
+    ADD_FAILURE() << "a d.results that is no array was accepted";
+  } catch (const error& e) {
+    EXPECT_NE(std::string(e.what()).find("sensenet OData export"), std::string::npos) << e.what();
+  }
 }
 
 TEST(registry, load_file_reports_a_syntax_error_with_file_and_line) {

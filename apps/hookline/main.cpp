@@ -282,7 +282,8 @@ int main(int argc, char** argv) {
       "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw \\\n"
       "      --id msg_p5jXN8AQM9LWM0D4loKWxJek --timestamp 1614265330 --tolerance 0 \\\n"
       "      --signature v1,g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OE=\n"
-      "Exit codes: 0 valid; 1 not valid (the reason on stderr); 2 bad arguments.");
+      "Exit codes: 0 valid; 1 not valid, a malformed --secret included (the reason on stderr); 2 "
+      "bad arguments.");
 
   // fire
   fire_flags fire_f;

@@ -454,8 +454,12 @@ void add_routes(httplib::Server& server, server_state& st) {
     if (!body->is_object()) {
       return reply_invalid(res, "invalid subscription", {{"", "must be a JSON object"}});
     }
-    if (!body->contains("id") && !body->contains("Id")) (*body)["id"] = st.new_subscription_id();
+    // The id as the library reads it (any spelling, or the sensenet Name); a new one only
+    // when the body gives none.
     auto sub = hookline::subscription_from_json(*body);
+    const bool id_problem = std::any_of(sub.parse_errors.begin(), sub.parse_errors.end(),
+                                        [](const auto& e) { return e.field == "id"; });
+    if (sub.id.empty() && !id_problem) sub.id = st.new_subscription_id();
     if (auto errors = hookline::validate(sub, st.hub().subscriptions().catalog());
         !errors.empty()) {
       return reply_invalid(res, "invalid subscription", errors);

@@ -59,9 +59,9 @@ struct event {
   std::optional<std::chrono::system_clock::time_point> time;
 };
 
-/// JSON in/out in the format of DESIGN.md (camelCase keys; `user` for current_user; `time` ISO
-/// 8601). from_json throws validation_error naming every bad field (missing eventName, wrong
-/// types, unknown event name when a catalog is given).
+/// JSON in/out in the format of docs/subscriptions.md, "Events" (camelCase keys; `user` for
+/// current_user; `time` ISO 8601). from_json throws validation_error naming every bad field
+/// (missing eventName, wrong types, unknown event name when a catalog is given).
 void to_json(nlohmann::json& j, const event& e);
 void from_json(const nlohmann::json& j, event& e);
 event event_from_json(const nlohmann::json& j, const event_catalog& catalog);
