@@ -965,9 +965,7 @@ void dispatcher::note_failure(const subscription& sub, const std::string& reason
   if (limit.count() <= 0) return;
   // A request that was under way when the subscription was disabled (or removed) says nothing
   // new, and must not overwrite the saved disabled state with a failing one.
-  if (const auto current = ctx_.subscriptions->current()->find(sub.id);
-      !current || !current->enabled)
-    return;
+  if (!enabled_now(sub.id)) return;
   auto it = failing_.find(sub.id);
   if (it == failing_.end()) {
     failing_[sub.id] = {now, true};
@@ -981,14 +979,17 @@ void dispatcher::note_failure(const subscription& sub, const std::string& reason
   disabled = true;
 }
 
+bool dispatcher::enabled_now(const std::string& subscription_id) const {
+  const auto current = ctx_.subscriptions->current()->find(subscription_id);
+  return current && current->enabled;
+}
+
 void dispatcher::note_success(const std::string& subscription_id) {
   auto it = failing_.find(subscription_id);
   if (it == failing_.end()) return;
   failing_.erase(it);
   // As in note_failure(): a disabled subscription's saved state stays as it is.
-  if (const auto current = ctx_.subscriptions->current()->find(subscription_id);
-      !current || !current->enabled)
-    return;
+  if (!enabled_now(subscription_id)) return;
   ctx_.store->save_state({subscription_id, false, {}, std::nullopt});
 }
 

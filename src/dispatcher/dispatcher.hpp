@@ -149,6 +149,8 @@ class dispatcher {
   void note_failure(const subscription& sub, const std::string& reason, time_point now,
                     bool& disabled);
   void note_success(const std::string& subscription_id);
+  /// The registry holds the subscription now, enabled.
+  bool enabled_now(const std::string& subscription_id) const;
   void disable(const std::string& subscription_id, const std::string& reason);
   void sweep(time_point now);
   /// Keeps a request the transport handed back, so that the next one reuses its buffers.
