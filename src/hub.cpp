@@ -51,6 +51,11 @@ class hub::impl {
           std::string::npos) {
         throw error("delivery.user_agent: must not contain CR, LF or NUL (header injection)");
       }
+      // Every store refuses these alike (the SQL stores derive the lease from them).
+      if (opts_.delivery.request_timeout.count() <= 0)
+        throw error("delivery.request_timeout: must be positive");
+      if (opts_.delivery.connect_timeout.count() <= 0)
+        throw error("delivery.connect_timeout: must be positive");
       ctx.user_agent = opts_.delivery.user_agent.empty() ? "hookline/" + std::string(version())
                                                          : opts_.delivery.user_agent;
       ctx.counters = &counters_;

@@ -292,6 +292,22 @@ TEST(hub, a_user_agent_that_could_inject_a_header_is_an_error_naming_the_field) 
   EXPECT_NO_THROW(hub{o});
 }
 
+// A zero timeout made every request time out with the memory store (the SQL stores refused it).
+TEST(hub, a_timeout_that_is_not_positive_is_an_error_naming_the_field) {
+  for (const char* field : {"delivery.request_timeout", "delivery.connect_timeout"}) {
+    auto o = test::fast_options(3);
+    (std::string(field) == "delivery.request_timeout" ? o.delivery.request_timeout
+                                                      : o.delivery.connect_timeout) =
+        std::chrono::milliseconds(0);
+    try {
+      hub h(o);
+      ADD_FAILURE() << "accepted a zero " << field;
+    } catch (const error& e) {
+      EXPECT_NE(std::string(e.what()).find(field), std::string::npos) << e.what();
+    }
+  }
+}
+
 TEST(hub, wait_idle_is_true_at_once_without_work) {
   hub h(fast_options());
   const auto t0 = steady::now();

@@ -32,7 +32,7 @@ namespace hookline {
 /// The library version, e.g. "0.1.0".
 std::string_view version();
 
-/// What publish() does when the in-memory queue of the memory store is full.
+/// What publish() does when `queue_capacity` messages are pending (in any store).
 enum class overflow_policy {
   block,  ///< wait until the dispatcher makes room
   reject  ///< throw queue_full_error; nothing from that call is enqueued
@@ -71,6 +71,10 @@ struct delivery_options {
   std::string user_agent;  ///< default "hookline/<version>"; CR, LF or NUL is an error
 };
 
+/// Called on the dispatcher thread, one at a time, until stop() or the destructor returns: the
+/// destructor lets requests in flight finish for a moment and reports them. State a hook uses
+/// must outlive the hub (declare the hub after it in a class, or call stop() first). A hook must
+/// not call stop() or destroy the hub; what it throws is logged and ignored.
 struct hooks {
   std::function<void(const attempt_record&)> on_attempt;
   std::function<void(const message&)> on_delivered;
@@ -92,7 +96,7 @@ struct options {
   /// Unique per process; used for leases. Default: host name + pid + random suffix.
   std::string worker_id;
   std::string repository;  ///< `repository` in the default body; default: the host name
-  std::size_t queue_capacity = 1000000;  ///< pending messages the memory store accepts
+  std::size_t queue_capacity = 1000000;  ///< pending messages publish() lets wait, in any store
   overflow_policy overflow = overflow_policy::block;
   std::shared_ptr<spdlog::logger> logger;  ///< default: a logger named "hookline" (no sinks)
   std::shared_ptr<hookline::clock> clock;  ///< default: the system clock
@@ -116,7 +120,7 @@ struct hub_counters {
 class hub {
  public:
   explicit hub(options opts = {});
-  /// Stops with a short drain (see stop()); safe at any time.
+  /// Stops with a short drain (see stop()), during which hooks may still run; safe at any time.
   ~hub();
   hub(const hub&) = delete;
   hub& operator=(const hub&) = delete;

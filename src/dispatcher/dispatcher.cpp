@@ -377,7 +377,11 @@ void dispatcher::turn(time_point now) {
   if (!outbox_.empty()) transport_->submit(std::move(outbox_));
   // With no subscriptions every claimed message would die as "subscription removed": a hub
   // opened on a store with pending messages waits until the host has loaded its subscriptions.
-  if (ctx_.subscriptions->current()->size() == 0) return;
+  // Once it has had some, an empty registry means they were removed, and their messages die.
+  if (!had_subscriptions_) {
+    if (ctx_.subscriptions->current()->size() == 0) return;
+    had_subscriptions_ = true;
+  }
   for (int round = 0; round < 8 && in_flight_ + waiting_ < claim_cap_ && t >= claim_pause_until_;
        ++round) {
     const auto due = store_due(now);

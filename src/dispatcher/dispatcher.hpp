@@ -249,6 +249,7 @@ class dispatcher {
   std::size_t endpoint_cap_ = 1;  // and per endpoint
   std::size_t handoff_cap_ = 1;   // messages held here (claimed or handed over) in all
   bool draining_ = false;
+  bool had_subscriptions_ = false;  // the registry has held a subscription since the start
   std::size_t in_flight_ = 0;
   std::size_t waiting_ = 0;
   std::mt19937_64 rng_;
