@@ -18,6 +18,39 @@ std::string_view version() {
   return HOOKLINE_VERSION;
 }
 
+namespace {
+
+/// Refuses delivery options that cannot work, naming the field, instead of clamping them silently.
+void validate(const delivery_options& d) {
+  if (d.user_agent.find_first_of(std::string_view("\r\n\0", 3)) != std::string::npos)
+    throw error("delivery.user_agent: must not contain CR, LF or NUL (header injection)");
+  // Every store refuses these alike (the SQL stores derive the lease from them).
+  if (d.request_timeout.count() <= 0) throw error("delivery.request_timeout: must be positive");
+  if (d.connect_timeout.count() <= 0) throw error("delivery.connect_timeout: must be positive");
+  if (d.max_in_flight == 0) throw error("delivery.max_in_flight: must be at least 1");
+  if (d.endpoint_concurrency == 0) throw error("delivery.endpoint_concurrency: must be at least 1");
+  // Written so that NaN fails too.
+  if (!(d.retry.jitter >= 0.0 && d.retry.jitter <= 1.0))
+    throw error("delivery.retry.jitter: must be between 0 and 1, got " +
+                std::to_string(d.retry.jitter));
+  for (std::size_t i = 0; i < d.retry.schedule.size(); ++i)
+    if (d.retry.schedule[i].count() < 0)
+      throw error("delivery.retry.schedule[" + std::to_string(i) + "]: must not be negative");
+  if (d.retry.max_age.count() < 0) throw error("delivery.retry.max_age: must not be negative");
+  if (d.retry.retry_after_max.count() < 0)
+    throw error("delivery.retry.retry_after_max: must not be negative");
+  if (d.auto_disable_after.count() < 0)
+    throw error("delivery.auto_disable_after: must not be negative (0 = never)");
+  if (!(d.breaker.failure_rate >= 0.0 && d.breaker.failure_rate <= 1.0))
+    throw error("delivery.breaker.failure_rate: must be between 0 and 1, got " +
+                std::to_string(d.breaker.failure_rate));
+  if (d.breaker.window.count() <= 0) throw error("delivery.breaker.window: must be positive");
+  if (d.breaker.cool_down.count() < 0)
+    throw error("delivery.breaker.cool_down: must not be negative");
+}
+
+}  // namespace
+
 class hub::impl {
  public:
   explicit impl(options o) : opts_(std::move(o)) {
@@ -47,15 +80,7 @@ class hub::impl {
       ctx.hooks = opts_.hooks;
       ctx.delivery = opts_.delivery;
       ctx.worker_id = opts_.worker_id;
-      if (opts_.delivery.user_agent.find_first_of(std::string_view("\r\n\0", 3)) !=
-          std::string::npos) {
-        throw error("delivery.user_agent: must not contain CR, LF or NUL (header injection)");
-      }
-      // Every store refuses these alike (the SQL stores derive the lease from them).
-      if (opts_.delivery.request_timeout.count() <= 0)
-        throw error("delivery.request_timeout: must be positive");
-      if (opts_.delivery.connect_timeout.count() <= 0)
-        throw error("delivery.connect_timeout: must be positive");
+      validate(opts_.delivery);
       ctx.user_agent = opts_.delivery.user_agent.empty() ? "hookline/" + std::string(version())
                                                          : opts_.delivery.user_agent;
       ctx.counters = &counters_;

@@ -3,6 +3,8 @@
 
 #include <atomic>
 #include <chrono>
+#include <cmath>
+#include <functional>
 #include <regex>
 #include <set>
 #include <thread>
@@ -306,6 +308,47 @@ TEST(hub, a_timeout_that_is_not_positive_is_an_error_naming_the_field) {
       EXPECT_NE(std::string(e.what()).find(field), std::string::npos) << e.what();
     }
   }
+}
+
+// Values the dispatcher used to clamp silently (a concurrency of 0 ran as 1, a jitter of 5 as 1).
+TEST(hub, delivery_options_that_cannot_work_are_an_error_naming_the_field) {
+  using change = std::function<void(delivery_options&)>;
+  const std::vector<std::pair<std::string, change>> cases = {
+      {"delivery.max_in_flight", [](delivery_options& d) { d.max_in_flight = 0; }},
+      {"delivery.endpoint_concurrency", [](delivery_options& d) { d.endpoint_concurrency = 0; }},
+      {"delivery.retry.jitter", [](delivery_options& d) { d.retry.jitter = 1.5; }},
+      {"delivery.retry.jitter", [](delivery_options& d) { d.retry.jitter = -0.1; }},
+      {"delivery.retry.jitter", [](delivery_options& d) { d.retry.jitter = std::nan(""); }},
+      {"delivery.retry.schedule[1]",
+       [](delivery_options& d) {
+         d.retry.schedule = {1s, -1s};
+       }},
+      {"delivery.retry.max_age", [](delivery_options& d) { d.retry.max_age = -1s; }},
+      {"delivery.retry.retry_after_max",
+       [](delivery_options& d) { d.retry.retry_after_max = -1s; }},
+      {"delivery.auto_disable_after", [](delivery_options& d) { d.auto_disable_after = -1s; }},
+      {"delivery.breaker.failure_rate", [](delivery_options& d) { d.breaker.failure_rate = 2; }},
+      {"delivery.breaker.window", [](delivery_options& d) { d.breaker.window = 0s; }},
+      {"delivery.breaker.cool_down", [](delivery_options& d) { d.breaker.cool_down = -1s; }},
+  };
+  for (const auto& [field, apply] : cases) {
+    auto o = test::fast_options(3);
+    apply(o.delivery);
+    try {
+      hub h(o);
+      ADD_FAILURE() << "accepted a bad " << field;
+    } catch (const error& e) {
+      EXPECT_NE(std::string(e.what()).find(field + ":"), std::string::npos) << e.what();
+    }
+  }
+  // The edges are accepted.
+  auto o = test::fast_options(3);
+  o.delivery.retry.jitter = 1.0;
+  o.delivery.breaker.failure_rate = 0.0;
+  o.delivery.auto_disable_after = 0s;
+  o.delivery.max_in_flight = 1;
+  o.delivery.endpoint_concurrency = 1;
+  EXPECT_NO_THROW(hub{o});
 }
 
 TEST(hub, wait_idle_is_true_at_once_without_work) {

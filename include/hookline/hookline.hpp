@@ -52,6 +52,8 @@ struct circuit_breaker_options {
   duration cool_down = std::chrono::seconds(30);  ///< then one probe is let through
 };
 
+/// hub() refuses values that cannot work (a zero timeout or concurrency, a jitter outside 0..1,
+/// a negative delay, ...) with a hookline::error that names the field.
 struct delivery_options {
   retry_policy retry;
   duration connect_timeout = std::chrono::seconds(5);
