@@ -88,21 +88,42 @@ std::string format_date_time(const instant& t) {
   return out;
 }
 
-enum class time_unit { second, minute, hour, day, week, month, year };
+// .NET's round-trip format ("O") of a UTC DateTime, which sensenet's date templates write:
+// 2024-01-31T10:20:30.4560000Z (seven fractional digits).
+std::string format_round_trip(const instant& t) {
+  const auto c = to_civil(t.seconds);
+  std::string out;
+  out.reserve(28);
+  append_date(out, c.date);
+  out += 'T';
+  append_time(out, c.second_of_day);
+  out += '.';
+  append_digits(out, t.nanos / 100, 7);
+  out += 'Z';
+  return out;
+}
 
+enum class time_unit { second, minute, hour, day, workday, week, month, year };
+
+// sensenet's unit spellings (TemplateReplacerBase.EvaluateModifier), matched case-insensitively,
+// plus the singular forms hookline accepted before ("second").
 std::optional<time_unit> parse_unit(std::string_view u) {
-  static constexpr std::array<std::pair<std::string_view, time_unit>, 7> units{{
-      {"second", time_unit::second},
-      {"minute", time_unit::minute},
-      {"hour", time_unit::hour},
-      {"day", time_unit::day},
-      {"week", time_unit::week},
-      {"month", time_unit::month},
-      {"year", time_unit::year},
+  static constexpr std::array<std::pair<std::string_view, time_unit>, 24> units{{
+      {"s", time_unit::second},       {"sec", time_unit::second},
+      {"secs", time_unit::second},    {"second", time_unit::second},
+      {"seconds", time_unit::second}, {"m", time_unit::minute},
+      {"mins", time_unit::minute},    {"minute", time_unit::minute},
+      {"minutes", time_unit::minute}, {"h", time_unit::hour},
+      {"hour", time_unit::hour},      {"hours", time_unit::hour},
+      {"d", time_unit::day},          {"day", time_unit::day},
+      {"days", time_unit::day},       {"workdays", time_unit::workday},
+      {"w", time_unit::week},         {"week", time_unit::week},
+      {"weeks", time_unit::week},     {"month", time_unit::month},
+      {"months", time_unit::month},   {"y", time_unit::year},
+      {"year", time_unit::year},      {"years", time_unit::year},
   }};
   std::string lower(u);
   for (auto& ch : lower) ch = static_cast<char>(ch >= 'A' && ch <= 'Z' ? ch - 'A' + 'a' : ch);
-  if (lower.size() > 1 && lower.back() == 's') lower.pop_back();
   for (const auto& [name, unit] : units) {
     if (lower == name) return unit;
   }
@@ -130,6 +151,21 @@ std::optional<instant> shift(instant t, std::int64_t amount, time_unit unit) {
     case time_unit::week:
       step = 604800;
       break;
+    case time_unit::workday: {
+      // Day by day, counting Monday to Friday only; a weekend start counts from that day.
+      if (amount > 100000 || amount < -100000) return std::nullopt;
+      const std::int64_t dir = amount < 0 ? -1 : 1;
+      auto day = floor_div(t.seconds, 86400);
+      const auto second_of_day = t.seconds - day * 86400;
+      for (std::int64_t left = amount < 0 ? -amount : amount; left > 0;) {
+        day += dir;
+        const weekday wd{sys_days{days{day}}};
+        if (wd != Saturday && wd != Sunday) --left;
+      }
+      t.seconds = day * 86400 + second_of_day;
+      if (t.seconds < first_second || t.seconds > last_second) return std::nullopt;
+      return t;
+    }
     case time_unit::month:
     case time_unit::year: {
       const auto c = to_civil(t.seconds);
@@ -167,7 +203,7 @@ bool iequals(std::string_view a, std::string_view b) {
 
 bool is_name_char(char c) {
   return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '_' ||
-         c == '.' || c == '+' || c == '-';
+         c == '.' || c == '+' || c == '-' || c == '(' || c == ')';
 }
 
 // Scans JSON text for @@name@@, tracking whether each one sits inside a string literal. `on`
@@ -301,6 +337,68 @@ nlohmann::json data_field(std::string_view chain, const event& e) {
   return *cur;
 }
 
+// `s` as an int64 when it is written as one (digits, an optional '-', no leading zero).
+std::optional<std::int64_t> whole_number(std::string_view s) {
+  const auto digits_at = s.starts_with('-') ? 1u : 0u;
+  if (s.size() == digits_at || s.size() > 19 || (s[digits_at] == '0' && s.size() > digits_at + 1))
+    return std::nullopt;
+  std::int64_t v = 0;
+  const auto [p, ec] = std::from_chars(s.data(), s.data() + s.size(), v);
+  if (ec != std::errc{} || p != s.data() + s.size()) return std::nullopt;
+  return v;
+}
+
+struct modifier {
+  std::int64_t amount = 0;
+  std::string_view unit;  // empty: the template's default unit
+};
+
+// sensenet's date modifiers, after the template's name: `+3days`, `-2h`, `+4` (default unit) or
+// the method form `.AddDays(3)`, `.Subtract(2)`, `.MinusHours(-1)` (operators Add, Plus, Minus,
+// Subtract, Substract; case-insensitive). At most 9 digits. nullopt for anything else.
+std::optional<modifier> parse_modifier(std::string_view rest) {
+  while (rest.starts_with('.')) rest.remove_prefix(1);
+  const auto is_letter = [](char c) { return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z'); };
+  const auto read_number = [](std::string_view& r, std::int64_t& out) {
+    std::int64_t sign = 1;
+    if (!r.empty() && (r[0] == '+' || r[0] == '-')) {
+      if (r[0] == '-') sign = -1;
+      r.remove_prefix(1);
+    }
+    std::size_t k = 0;
+    while (k < r.size() && r[k] >= '0' && r[k] <= '9') ++k;
+    if (k == 0 || k > 9) return false;
+    out = sign * std::stoll(std::string(r.substr(0, k)));
+    r.remove_prefix(k);
+    return true;
+  };
+  modifier m;
+  if (rest.starts_with('+') || rest.starts_with('-')) {
+    if (!read_number(rest, m.amount)) return std::nullopt;
+    if (!std::all_of(rest.begin(), rest.end(), is_letter)) return std::nullopt;
+    m.unit = rest;
+    return m;
+  }
+  for (const auto& [op, sign] : {std::pair<std::string_view, std::int64_t>{"add", 1},
+                                 {"plus", 1},
+                                 {"minus", -1},
+                                 {"subtract", -1},
+                                 {"substract", -1}}) {
+    if (rest.size() <= op.size() || !iequals(rest.substr(0, op.size()), op)) continue;
+    auto r = rest.substr(op.size());
+    std::size_t k = 0;
+    while (k < r.size() && is_letter(r[k])) ++k;
+    m.unit = r.substr(0, k);
+    r.remove_prefix(k);
+    if (!r.starts_with('(')) return std::nullopt;
+    r.remove_prefix(1);
+    if (!read_number(r, m.amount) || r != ")") return std::nullopt;
+    m.amount *= sign;
+    return m;
+  }
+  return std::nullopt;
+}
+
 // The value of a template, or nullopt for a name hookline does not know (left unchanged).
 std::optional<nlohmann::json> resolve(std::string_view name, const event& e,
                                       const render_context& ctx) {
@@ -318,38 +416,34 @@ std::optional<nlohmann::json> resolve(std::string_view name, const event& e,
     return data_field(chain, e);
   }
 
-  const bool date_time = iequals(base, "currentdate");
-  const bool day = iequals(base, "currentday") || iequals(base, "today");
-  const bool time_of_day = iequals(base, "currenttime");
-  if (date_time || day || time_of_day) {
+  // As sensenet: currentdate, currentday and today are today's midnight (UTC) and a modifier
+  // without a unit counts days; currenttime is now and counts minutes.
+  const bool midnight =
+      iequals(base, "currentdate") || iequals(base, "currentday") || iequals(base, "today");
+  if (midnight || iequals(base, "currenttime")) {
     auto t = to_instant(ctx.now);
+    if (midnight) t = {floor_div(t.seconds, 86400) * 86400, 0};
     if (!rest.empty()) {
-      if (rest[0] != '+' && rest[0] != '-') return std::nullopt;
-      std::size_t k = 1;
-      while (k < rest.size() && rest[k] >= '0' && rest[k] <= '9') ++k;
-      if (k == 1 || k > 10) return std::nullopt;  // 1..9 digits
-      std::int64_t amount = std::stoll(std::string(rest.substr(1, k - 1)));
-      if (rest[0] == '-') amount = -amount;
-      const auto unit = parse_unit(rest.substr(k));
+      const auto m = parse_modifier(rest);
+      if (!m) return std::nullopt;
+      const auto unit =
+          m->unit.empty() ? std::optional<time_unit>(midnight ? time_unit::day : time_unit::minute)
+                          : parse_unit(m->unit);
       if (!unit) return std::nullopt;
-      const auto shifted = shift(t, amount, *unit);
+      const auto shifted = shift(t, m->amount, *unit);
       if (!shifted) return std::nullopt;
       t = *shifted;
     }
     if (t.seconds < first_second || t.seconds > last_second) return std::nullopt;
-    if (date_time) return nlohmann::json(format_date_time(t));
-    std::string out;
-    const auto c = to_civil(t.seconds);
-    if (day) {
-      append_date(out, c.date);
-    } else {
-      append_time(out, c.second_of_day);
-    }
-    return nlohmann::json(std::move(out));
+    return nlohmann::json(format_round_trip(t));
   }
 
   if (!rest.empty()) return std::nullopt;
-  if (iequals(base, "currentuser")) return optional_string(e.current_user);
+  if (iequals(base, "currentuser")) {
+    // sensenet writes the user's id: a user that is a whole number becomes a JSON number.
+    if (const auto id = whole_number(e.current_user)) return nlohmann::json(*id);
+    return optional_string(e.current_user);
+  }
   if (iequals(base, "eventname")) return nlohmann::json(e.event_name);
   if (iequals(base, "repository")) return nlohmann::json(ctx.repository);
   return std::nullopt;
@@ -597,6 +691,28 @@ nlohmann::json expand_payload(std::string_view payload_text, const event& e,
   return expand_impl<nlohmann::json>(payload_text, e, ctx);
 }
 
+namespace {
+
+// Json.NET's JObject.Merge with its defaults, as sensenet merges the custom payload: a null does
+// not replace a value and an array is appended to an array; anything else replaces. (Objects
+// would merge key by key, but the default body holds none.)
+void merge_over(nlohmann::ordered_json& into, nlohmann::ordered_json&& from) {
+  for (auto& [key, value] : from.items()) {
+    auto it = into.find(key);
+    if (it == into.end()) {
+      into[key] = std::move(value);
+    } else if (value.is_null()) {
+      continue;
+    } else if (it->is_array() && value.is_array()) {
+      for (auto& item : value) it->push_back(std::move(item));
+    } else {
+      *it = std::move(value);
+    }
+  }
+}
+
+}  // namespace
+
 std::string render_body(const event& e, const subscription& s, const render_context& ctx) {
   if (is_blank(s.payload)) {
     if (auto text = default_body_text(e, s.id, ctx); !text.empty()) return text;
@@ -605,7 +721,7 @@ std::string render_body(const event& e, const subscription& s, const render_cont
   auto body = default_impl<nlohmann::ordered_json>(e, s.id, ctx);
   if (!is_blank(s.payload)) {
     auto custom = expand_impl<nlohmann::ordered_json>(s.payload, e, ctx);
-    for (auto& [key, value] : custom.items()) body[key] = std::move(value);
+    merge_over(body, std::move(custom));
   }
   return body.dump(-1, ' ', false, nlohmann::ordered_json::error_handler_t::replace);
 }

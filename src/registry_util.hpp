@@ -18,6 +18,13 @@ inline char ascii_lower(char c) noexcept {
   return (c >= 'A' && c <= 'Z') ? static_cast<char>(c - 'A' + 'a') : c;
 }
 
+inline std::string ascii_upper(std::string_view s) {
+  std::string out(s);
+  for (auto& c : out)
+    if (c >= 'a' && c <= 'z') c = static_cast<char>(c - 'a' + 'A');
+  return out;
+}
+
 inline std::string ascii_lower(std::string_view s) {
   std::string out(s);
   for (auto& c : out) c = ascii_lower(c);

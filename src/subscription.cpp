@@ -150,7 +150,7 @@ subscription subscription_from_json(const json& j) {
     // A sensenet choice field exports as an array holding one value.
     const json* value = (m->is_array() && m->size() == 1) ? &(*m)[0] : m;
     if (value->is_string())
-      s.http_method = value->get<std::string>();
+      s.http_method = detail::ascii_upper(value->get<std::string>());  // sensenet upper-cases it
     else
       errors.push_back({"httpMethod", "must be a string, not " + detail::describe_type(*m)});
   }
@@ -355,9 +355,11 @@ std::string check_header_text(std::string_view s, bool is_value) {
 }
 
 bool is_reserved_header(std::string_view name) {
-  const std::string n = detail::ascii_lower(name);
+  std::string n = detail::ascii_lower(name);
+  std::replace(n.begin(), n.end(), '_', '-');  // CGI-style receivers read both alike
+  // The Standard Webhooks headers hookline writes; other webhook-* names are the host's.
   return n == "host" || n == "content-length" || n == "transfer-encoding" || n == "connection" ||
-         n.starts_with("webhook-");
+         n == "webhook-id" || n == "webhook-timestamp" || n == "webhook-signature";
 }
 
 std::string check_filter_path(std::string_view path) {

@@ -163,26 +163,45 @@ TEST(payload, default_body_is_byte_for_byte_what_nlohmann_writes) {
 TEST(payload, render_body_merges_custom_payload_over_the_default) {
   hookline::subscription s;
   s.id = "sub-1";
-  s.payload = R"({"path": "@@content.Name@@", "nodeId": null, "user": @@currentuser@@,
+  s.payload = R"({"path": "@@content.Name@@", "versionId": 8, "user": @@currentuser@@,
                  "extra": {"nested": [1, 2]}})";
   const auto body = hookline::render_body(sample_event(), s, ctx());
   const auto j = json::parse(body);
   EXPECT_EQ(j.size(), 16u);
   EXPECT_EQ(j.at("path"), "a.txt");  // same-name key replaced
-  EXPECT_TRUE(j.at("nodeId").is_null());
   EXPECT_EQ(j.at("user"), "admin");
   EXPECT_EQ(j.at("extra"), json::parse(R"({"nested": [1, 2]})"));
-  EXPECT_EQ(j.at("subscriptionId"), "sub-1");                       // untouched defaults stay
-  EXPECT_EQ(body.find('\n'), std::string::npos);                    // compact
-  EXPECT_EQ(body.rfind(R"({"nodeId":null,"versionId":7)", 0), 0u);  // replaced in place
+  EXPECT_EQ(j.at("subscriptionId"), "sub-1");                     // untouched defaults stay
+  EXPECT_EQ(body.find('\n'), std::string::npos);                  // compact
+  EXPECT_EQ(body.rfind(R"({"nodeId":42,"versionId":8)", 0), 0u);  // replaced in place
+}
+
+// sensenet merges with Json.NET's JObject.Merge defaults, and a migrated payload must give the
+// same body: null never replaces a value, an array is appended to an array.
+TEST(payload, render_body_merges_like_json_net) {
+  hookline::subscription s;
+  s.id = "sub-1";
+  s.payload = R"({"nodeId": null, "name": null, "brandNew": null, "changedFields": ["Owner"],
+                 "outer": {"a": 1}, "version": {"major": 2}})";
+  auto e = sample_event();
+  const auto j = json::parse(hookline::render_body(e, s, ctx()));
+  EXPECT_EQ(j.at("nodeId"), 42);
+  EXPECT_EQ(j.at("name"), "a.txt");
+  ASSERT_TRUE(j.contains("brandNew"));  // a new key is added, even as null
+  EXPECT_TRUE(j.at("brandNew").is_null());
+  EXPECT_EQ(j.at("changedFields"), json::parse(R"(["Name", "DisplayName", "Owner"])"));
+  EXPECT_EQ(j.at("outer"), json::parse(R"({"a": 1})"));
+  EXPECT_EQ(j.at("version"), json::parse(R"({"major": 2})"));  // anything else replaces
 }
 
 TEST(payload, every_template_inside_strings) {
   EXPECT_EQ(in_string("currentuser"), "admin");
-  EXPECT_EQ(in_string("currentdate"), "2024-01-31T10:20:30.456Z");
-  EXPECT_EQ(in_string("currentday"), "2024-01-31");
-  EXPECT_EQ(in_string("today"), "2024-01-31");
-  EXPECT_EQ(in_string("currenttime"), "10:20:30");
+  // As sensenet: the three day templates are today's midnight, currenttime is now, and both in
+  // .NET's round-trip format.
+  EXPECT_EQ(in_string("currentdate"), "2024-01-31T00:00:00.0000000Z");
+  EXPECT_EQ(in_string("currentday"), "2024-01-31T00:00:00.0000000Z");
+  EXPECT_EQ(in_string("today"), "2024-01-31T00:00:00.0000000Z");
+  EXPECT_EQ(in_string("currenttime"), "2024-01-31T10:20:30.4560000Z");
   EXPECT_EQ(in_string("content"), "42");
   EXPECT_EQ(in_string("content.Path"), "/Root/Content/Docs/a.txt");
   EXPECT_EQ(in_string("content.Name"), "a.txt");
@@ -206,10 +225,10 @@ TEST(payload, every_template_inside_strings) {
 
 TEST(payload, every_template_bare_becomes_a_json_value) {
   EXPECT_EQ(bare("currentuser"), "admin");
-  EXPECT_EQ(bare("currentdate"), "2024-01-31T10:20:30.456Z");
-  EXPECT_EQ(bare("today"), "2024-01-31");
-  EXPECT_EQ(bare("currentday"), "2024-01-31");
-  EXPECT_EQ(bare("currenttime"), "10:20:30");
+  EXPECT_EQ(bare("currentdate"), "2024-01-31T00:00:00.0000000Z");
+  EXPECT_EQ(bare("today"), "2024-01-31T00:00:00.0000000Z");
+  EXPECT_EQ(bare("currentday"), "2024-01-31T00:00:00.0000000Z");
+  EXPECT_EQ(bare("currenttime"), "2024-01-31T10:20:30.4560000Z");
   EXPECT_EQ(bare("content"), 42);
   EXPECT_TRUE(bare("content").is_number_integer());
   EXPECT_EQ(bare("content.ModifiedBy"), 1);
@@ -225,39 +244,87 @@ TEST(payload, every_template_bare_becomes_a_json_value) {
   anonymous.current_user.clear();
   EXPECT_TRUE(bare("currentuser", anonymous).is_null());
   EXPECT_EQ(in_string("currentuser", anonymous), "");
+
+  // sensenet's currentuser is the user's id: a user written as a whole number is a number.
+  auto by_id = sample_event();
+  by_id.current_user = "1";
+  EXPECT_EQ(bare("currentuser", by_id), 1);
+  EXPECT_TRUE(bare("currentuser", by_id).is_number_integer());
+  EXPECT_EQ(in_string("currentuser", by_id), "1");
+  for (const std::string not_a_number : {"01", "1.5", "1e3", "-", "12345678901234567890", " 1"}) {
+    by_id.current_user = not_a_number;
+    EXPECT_EQ(bare("currentuser", by_id), not_a_number);
+  }
 }
 
 TEST(payload, date_arithmetic_on_every_unit) {
-  EXPECT_EQ(in_string("currentdate+3days"), "2024-02-03T10:20:30.456Z");
-  EXPECT_EQ(in_string("currentdate-1hour"), "2024-01-31T09:20:30.456Z");
-  EXPECT_EQ(in_string("currentdate+1Day"), "2024-02-01T10:20:30.456Z");
-  EXPECT_EQ(in_string("CurrentDate-1year"), "2023-01-31T10:20:30.456Z");
-  EXPECT_EQ(in_string("currenttime+90minutes"), "11:50:30");
-  EXPECT_EQ(in_string("currenttime+45seconds"), "10:21:15");
-  EXPECT_EQ(in_string("currenttime+1second"), "10:20:31");
-  EXPECT_EQ(in_string("currenttime+14hours"), "00:20:30");  // wraps past midnight
-  EXPECT_EQ(in_string("today+1week"), "2024-02-07");
-  EXPECT_EQ(in_string("today+2weeks"), "2024-02-14");
-  EXPECT_EQ(in_string("today+1month"), "2024-02-29");  // clamped to the leap February's end
-  EXPECT_EQ(in_string("today+13months"), "2025-02-28");
-  EXPECT_EQ(in_string("currentday-1months"), "2023-12-31");
-  EXPECT_EQ(in_string("currentday-2months"), "2023-11-30");
-  EXPECT_EQ(in_string("currentday+1year"), "2025-01-31");
-  EXPECT_EQ(in_string("currentday-14minutes"), "2024-01-31");
-  EXPECT_EQ(in_string("currentday-11hours"), "2024-01-30");
-  EXPECT_EQ(bare("currentdate+0days"), "2024-01-31T10:20:30.456Z");
+  const std::string midnight = "T00:00:00.0000000Z";
+  EXPECT_EQ(in_string("currentdate+3days"), "2024-02-03" + midnight);
+  EXPECT_EQ(in_string("currentdate-1hour"), "2024-01-30T23:00:00.0000000Z");
+  EXPECT_EQ(in_string("currentdate+1Day"), "2024-02-01" + midnight);
+  EXPECT_EQ(in_string("CurrentDate-1year"), "2023-01-31" + midnight);
+  EXPECT_EQ(in_string("currenttime+90minutes"), "2024-01-31T11:50:30.4560000Z");
+  EXPECT_EQ(in_string("currenttime+45seconds"), "2024-01-31T10:21:15.4560000Z");
+  EXPECT_EQ(in_string("currenttime+1second"), "2024-01-31T10:20:31.4560000Z");
+  EXPECT_EQ(in_string("currenttime+14hours"), "2024-02-01T00:20:30.4560000Z");
+  EXPECT_EQ(in_string("today+1week"), "2024-02-07" + midnight);
+  EXPECT_EQ(in_string("today+2weeks"), "2024-02-14" + midnight);
+  EXPECT_EQ(in_string("today+1month"), "2024-02-29" + midnight);  // the leap February's end
+  EXPECT_EQ(in_string("today+13months"), "2025-02-28" + midnight);
+  EXPECT_EQ(in_string("currentday-1months"), "2023-12-31" + midnight);
+  EXPECT_EQ(in_string("currentday-2months"), "2023-11-30" + midnight);
+  EXPECT_EQ(in_string("currentday+1year"), "2025-01-31" + midnight);
+  EXPECT_EQ(in_string("currentday-14minutes"), "2024-01-30T23:46:00.0000000Z");
+  EXPECT_EQ(in_string("currentday-11hours"), "2024-01-30T13:00:00.0000000Z");
+  EXPECT_EQ(bare("currentdate+0days"), "2024-01-31" + midnight);
 
   hookline::render_context leap = ctx();
   leap.now = sys_days{2024y / February / 29} + 12h;
   EXPECT_EQ(hookline::expand_payload(R"({"d": "@@today+1year@@"})", sample_event(), leap).at("d"),
-            "2025-02-28");
+            "2025-02-28" + midnight);
+}
+
+// The spellings sensenet's TemplateReplacerBase accepts, so a migrated payload renders the same.
+TEST(payload, date_arithmetic_in_every_sensenet_spelling) {
+  const std::string midnight = "T00:00:00.0000000Z";
+  // No unit: days for the day templates, minutes for currenttime.
+  EXPECT_EQ(in_string("currentdate+3"), "2024-02-03" + midnight);
+  EXPECT_EQ(in_string("today-1"), "2024-01-30" + midnight);
+  EXPECT_EQ(in_string("currenttime+30"), "2024-01-31T10:50:30.4560000Z");
+  // Short units.
+  EXPECT_EQ(in_string("currenttime+5s"), "2024-01-31T10:20:35.4560000Z");
+  EXPECT_EQ(in_string("currenttime+5sec"), "2024-01-31T10:20:35.4560000Z");
+  EXPECT_EQ(in_string("currenttime+5secs"), "2024-01-31T10:20:35.4560000Z");
+  EXPECT_EQ(in_string("currenttime+2m"), "2024-01-31T10:22:30.4560000Z");
+  EXPECT_EQ(in_string("currenttime+2mins"), "2024-01-31T10:22:30.4560000Z");
+  EXPECT_EQ(in_string("currenttime+1h"), "2024-01-31T11:20:30.4560000Z");
+  EXPECT_EQ(in_string("currentdate+1d"), "2024-02-01" + midnight);
+  EXPECT_EQ(in_string("currentdate+2w"), "2024-02-14" + midnight);
+  EXPECT_EQ(in_string("currentdate+1y"), "2025-01-31" + midnight);
+  // Workdays skip Saturdays and Sundays (2024-01-31 is a Wednesday).
+  EXPECT_EQ(in_string("currentdate+1workdays"), "2024-02-01" + midnight);
+  EXPECT_EQ(in_string("currentdate+3workdays"), "2024-02-05" + midnight);
+  EXPECT_EQ(in_string("currentdate+5workdays"), "2024-02-07" + midnight);
+  EXPECT_EQ(in_string("currentdate-3workdays"), "2024-01-26" + midnight);
+  // The method form, any case, the unit in the name or the template's default.
+  EXPECT_EQ(in_string("currentdate.AddDays(1)"), "2024-02-01" + midnight);
+  EXPECT_EQ(in_string("currentdate.addmonths(1)"), "2024-02-29" + midnight);
+  EXPECT_EQ(in_string("currentdate.AddDays(-1)"), "2024-01-30" + midnight);
+  EXPECT_EQ(in_string("currentdate.MinusDays(2)"), "2024-01-29" + midnight);
+  EXPECT_EQ(in_string("currentdate.PlusWeeks(1)"), "2024-02-07" + midnight);
+  EXPECT_EQ(in_string("currentdate.Substract(1)"), "2024-01-30" + midnight);
+  EXPECT_EQ(in_string("currenttime.Subtract(30)"), "2024-01-31T09:50:30.4560000Z");
+  EXPECT_EQ(in_string("currenttime.AddHours(+2)"), "2024-01-31T12:20:30.4560000Z");
+  EXPECT_EQ(bare("today.AddYears(1)"), "2025-01-31" + midnight);
 }
 
 TEST(payload, malformed_arithmetic_and_unknown_templates_are_left_as_written) {
   for (const std::string t :
-       {"currentdate+3fortnights", "currentdate+", "currentdate+3", "today+days",
-        "today+9999999999days", "today+99999years", "currentuser+1day", "content+1day", "content.",
-        "eventname.x", "nosuchthing", "user"}) {
+       {"currentdate+3fortnights", "currentdate+", "currentdate+3x4", "today+days",
+        "currentdate.AddDays(1", "currentdate.AddDays()", "currentdate.Multiply(2)",
+        "currentdate.AddDays(1)x", "currentdate.AddFortnights(1)",
+        "currentdate.AddDays(1234567890)", "today+9999999999days", "today+99999years",
+        "currentuser+1day", "content+1day", "content.", "eventname.x", "nosuchthing", "user"}) {
     EXPECT_EQ(in_string(t), "@@" + t + "@@") << t;
     EXPECT_EQ(bare(t), "@@" + t + "@@") << t;
     EXPECT_EQ(hookline::check_payload(R"({"v": @@)" + t + "@@}"), "") << t;

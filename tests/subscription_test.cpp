@@ -274,13 +274,33 @@ TEST(subscription, header_names_must_be_tokens) {
 
 TEST(subscription, reserved_headers_are_refused_in_any_case) {
   auto s = valid();
-  s.headers = {
-      {"Host", "x"},           {"content-length", "1"},       {"Transfer-Encoding", "chunked"},
-      {"CONNECTION", "close"}, {"Webhook-Signature", "v1,x"}, {"webhook-id", "1"},
-      {"X-Webhook-Id", "fine"}};
+  s.headers = {{"Host", "x"},
+               {"content-length", "1"},
+               {"Transfer-Encoding", "chunked"},
+               {"CONNECTION", "close"},
+               {"Webhook-Signature", "v1,x"},
+               {"webhook-id", "1"},
+               {"X-Webhook-Id", "fine"},
+               {"WEBHOOK-TIMESTAMP", "1"},
+               {"webhook_signature", "v1,x"},
+               {"Transfer_Encoding", "chunked"},
+               {"Webhook-Token", "fine"}};
+  // Underscores count as hyphens: CGI-style receivers (PHP, WSGI) read both as one name.
   EXPECT_EQ(fields(validate(s)),
             (strings{"headers.Host", "headers.content-length", "headers.Transfer-Encoding",
-                     "headers.CONNECTION", "headers.Webhook-Signature", "headers.webhook-id"}));
+                     "headers.CONNECTION", "headers.Webhook-Signature", "headers.webhook-id",
+                     "headers.WEBHOOK-TIMESTAMP", "headers.webhook_signature",
+                     "headers.Transfer_Encoding"}));
+}
+
+// sensenet's HttpWebHookClient upper-cases the method; a migrated "post" must not go out as is.
+TEST(subscription, the_http_method_is_read_in_upper_case) {
+  auto s = hookline::subscription_from_json(
+      nlohmann::json::parse(R"({"id": "a", "url": "http://h/", "WebHookHttpMethod": ["patch"]})"));
+  EXPECT_EQ(s.http_method, "PATCH");
+  s = hookline::subscription_from_json(
+      nlohmann::json::parse(R"({"id": "a", "url": "http://h/", "httpMethod": "m-search"})"));
+  EXPECT_EQ(s.http_method, "M-SEARCH");
 }
 
 TEST(subscription, filter_path_must_be_root_or_under_it_by_segment) {

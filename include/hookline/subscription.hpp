@@ -17,11 +17,12 @@ namespace hookline {
 struct subscription {
   std::string id;  ///< unique; required
   std::string name;
-  std::string url;                  ///< http or https with a host
-  std::string http_method = "POST";  ///< any HTTP token; GET carries no body
+  std::string url;                   ///< http or https with a host
+  std::string http_method = "POST";  ///< any HTTP token, sent upper-cased; GET carries no body
   bool enabled = true;
   /// Extra request headers in order. Names/values may not hold CR, LF or NUL; reserved names
-  /// (Host, Content-Length, Transfer-Encoding, Connection, webhook-*) are refused.
+  /// (Host, Content-Length, Transfer-Encoding, Connection, webhook-id, webhook-timestamp,
+  /// webhook-signature; any case, `_` read as `-`) are refused.
   std::vector<std::pair<std::string, std::string>> headers;
   /// Signing secrets, `whsec_` + base64 of 24..64 bytes. Several at once during rotation: each
   /// produces one signature. Empty = unsigned (sensenet behaviour).

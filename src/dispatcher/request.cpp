@@ -43,6 +43,9 @@ void build_request(http_request& req, const message& m, const subscription& sub,
   // capacity of its strings, so a steady stream of deliveries allocates nothing here.
   req.url.assign(sub.url);
   req.method.assign(sub.http_method.empty() ? std::string_view("POST") : sub.http_method);
+  // As sensenet: "post" goes out as POST (methods are case-sensitive on the wire).
+  for (auto& c : req.method)
+    if (c >= 'a' && c <= 'z') c = static_cast<char>(c - 'a' + 'A');
   const bool with_body = sends_body(req.method);
   if (with_body) {
     req.body.assign(m.body);
