@@ -1,6 +1,9 @@
 #include "hookline/event.hpp"
 
+#include <algorithm>
 #include <limits>
+#include <utility>
+#include <vector>
 
 #include "hookline/error.hpp"
 #include "hookline/payload.hpp"
@@ -121,6 +124,22 @@ class event_reader {
   std::vector<field_error>& errors_;
 };
 
+// Deeper data would overflow the stack of the recursive copies and dumps it goes through (100,000
+// nested arrays crashed the process); no content's fields need more.
+constexpr std::size_t max_data_depth = 256;
+
+bool deeper_than(const json& root, std::size_t limit) {
+  std::vector<std::pair<const json*, std::size_t>> todo{{&root, 1}};
+  while (!todo.empty()) {
+    const auto [node, depth] = todo.back();
+    todo.pop_back();
+    if (depth > limit) return true;
+    for (const auto& child : *node)
+      if (child.is_structured()) todo.emplace_back(&child, depth + 1);
+  }
+  return false;
+}
+
 event parse_event(const json& j, const event_catalog& catalog, bool require_known) {
   std::vector<field_error> errors;
   event e;
@@ -130,6 +149,12 @@ event parse_event(const json& j, const event_catalog& catalog, bool require_know
   }
   event_reader r(j, errors);
   r.string({"id"}, "id", e.id);
+  // It is written into log lines: a control character could forge one or drive the terminal.
+  if (std::any_of(e.id.begin(), e.id.end(),
+                  [](char c) { return static_cast<unsigned char>(c) < 0x20 || c == 0x7f; })) {
+    r.bad("id", "must not contain control characters");
+    e.id.clear();
+  }
 
   const json* name = r.get({"eventName", "event"}, "eventName");
   if (!name) {
@@ -182,7 +207,9 @@ event parse_event(const json& j, const event_catalog& catalog, bool require_know
     }
   }
   if (const json* v = r.get({"data"}, "data")) {
-    if (v->is_object())
+    if (v->is_object() && deeper_than(*v, max_data_depth))
+      r.bad("data", "is nested deeper than " + std::to_string(max_data_depth) + " levels");
+    else if (v->is_object())
       e.data = *v;
     else
       r.bad("data", "must be an object, not " + detail::describe_type(*v));

@@ -4,6 +4,28 @@
 
 namespace hookline {
 
+std::string json_error_reason(const nlohmann::json::exception& e) {
+  std::string_view what = e.what();
+  if (what.starts_with("[json.exception.")) {
+    if (const auto p = what.find("] "); p != std::string_view::npos) what.remove_prefix(p + 2);
+  }
+  // "parse error at line 1, column 9: ", "parse error at 12: " or "parse error: "
+  if (what.starts_with("parse error")) {
+    if (const auto p = what.find(": "); p != std::string_view::npos) what.remove_prefix(p + 2);
+  }
+  std::string out(what);
+  constexpr std::string_view last_read = "; last read: '";
+  if (const auto p = out.find(last_read); p != std::string::npos) {
+    // The token may hold anything, quotes included; what nlohmann expected comes after it.
+    const auto expected = out.rfind("'; expected ");
+    if (expected != std::string::npos && expected + 1 >= p + last_read.size())
+      out.erase(p, expected + 1 - p);
+    else
+      out.erase(p);
+  }
+  return out;
+}
+
 void to_json(nlohmann::json& j, const message& m) {
   j = {{"id", m.id},
        {"subscriptionId", m.subscription_id},

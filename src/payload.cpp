@@ -9,6 +9,7 @@
 #include <optional>
 
 #include "hookline/error.hpp"
+#include "hookline/json.hpp"
 
 namespace hookline {
 namespace {
@@ -449,11 +450,15 @@ std::optional<nlohmann::json> resolve(std::string_view name, const event& e,
   return std::nullopt;
 }
 
-// nlohmann's message without its "[json.exception.parse_error.101] " prefix.
+// nlohmann's reason with the position in the text as written, but not the text it last read:
+// a payload may hold a token.
 std::string parse_reason(const nlohmann::json::exception& ex) {
+  // nlohmann's "parse error at line 1, column 29: ", kept; the rest without what it last read.
   std::string_view what = ex.what();
   if (const auto p = what.find("] "); p != std::string_view::npos) what.remove_prefix(p + 2);
-  return std::string(what);
+  std::string position;
+  if (what.starts_with("parse error")) position = std::string(what.substr(0, what.find(": ") + 2));
+  return position + json_error_reason(ex);
 }
 
 const char* type_name(const nlohmann::json& j) {

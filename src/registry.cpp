@@ -1,4 +1,5 @@
 #include "hookline/registry.hpp"
+#include "hookline/json.hpp"
 
 #include <fcntl.h>
 #include <sys/stat.h>
@@ -521,11 +522,7 @@ load_report registry::load_file(const std::filesystem::path& path) {
     const auto line_start = text.rfind('\n', upto == 0 ? 0 : upto - 1);
     const std::size_t column =
         upto - (line_start == std::string::npos || upto == 0 ? 0 : line_start + 1) + 1;
-    // nlohmann's message repeats the position after an id prefix; keep only the reason.
-    std::string reason = e.what();
-    if (const auto cut = reason.find(": ");
-        reason.starts_with("[json.exception") && cut != std::string::npos)
-      reason.erase(0, cut + 2);
+    const std::string reason = json_error_reason(e);  // never the text it read: a secret?
     throw error("subscriptions file '" + path.string() + "' is not valid JSON: line " +
                 std::to_string(line) + ", column " + std::to_string(column) + ": " + reason);
   }

@@ -6,6 +6,7 @@
 #include <cmath>
 #include <set>
 
+#include "hookline/json.hpp"
 #include "hookline/payload.hpp"
 #include "hookline/signing.hpp"
 #include "registry_util.hpp"
@@ -32,7 +33,8 @@ json json_or_string(const json& v, const std::string& field, std::vector<field_e
   try {
     return json::parse(text);
   } catch (const json::parse_error& e) {
-    errors.push_back({field, std::string("is not valid JSON (") + e.what() + ")"});
+    errors.push_back({field, "is not valid JSON (at byte " + std::to_string(e.byte) + ": " +
+                                 json_error_reason(e) + ")"});
     return nullptr;
   }
 }
@@ -290,8 +292,12 @@ std::string check_url(std::string_view url) {
   std::string_view rest = url.substr(sep + 3);
   const auto end = rest.find_first_of("/?#");
   std::string_view authority = rest.substr(0, end);
-  if (const auto at = authority.rfind('@'); at != std::string_view::npos)
+  if (const auto at = authority.find('@'); at != std::string_view::npos) {
+    // libcurl ends the user info at the first '@': a second one would move the host.
+    if (authority.find('@', at + 1) != std::string_view::npos)
+      return "user info must not hold a raw '@' (write it as %40)";
     authority = authority.substr(at + 1);
+  }
   if (authority.empty()) return "must have a host";
 
   std::string_view host, port;

@@ -123,6 +123,18 @@ TEST(dispatcher, classifies_outcomes_as_design_md_says) {
     EXPECT_EQ(o.reason,
               "HTTP 301: redirect to https://new.example.com/hooks/in not followed (redirects are "
               "failures)");
+    // What a receiver sends must not forge a log line or drive a terminal.
+    r.location = "http://evil.example/\x1b[2J\nfake: all delivered";
+    EXPECT_EQ(classify(r, now).reason,
+              "HTTP 301: redirect to http://evil.example/\\x1B[2J\\x0Afake: all delivered not "
+              "followed (redirects are failures)");
+  }
+  {
+    detail::http_response r;
+    r.status = 503;
+    r.retry_after = "\x1b[32mOK,  06 Nov 2030 08:49:37 GMT";
+    const auto o = classify(r, now);
+    EXPECT_EQ(o.reason.find('\x1b'), std::string::npos) << o.reason;
   }
   for (int s : {408, 425, 429, 500, 502, 503, 599}) {
     EXPECT_EQ(status(s).k, kind::retry) << s;

@@ -127,6 +127,32 @@ TEST(event, from_json_names_every_bad_field) {
   }
 }
 
+// An id goes into log lines, and data through recursive copies: 100,000 nested arrays crashed
+// `hookline dispatch` instead of being reported as one bad line.
+TEST(event, from_json_refuses_control_characters_in_the_id_and_data_nested_too_deep) {
+  try {
+    (void)json::parse(R"({"id": "evt-\u001b[31mRED\nfake: line", "eventName": "Create"})")
+        .get<event>();
+    FAIL() << "expected validation_error";
+  } catch (const validation_error& e) {
+    EXPECT_EQ(fields(e), strings{"id"});
+    EXPECT_EQ(std::string(e.what()).find('\n'), std::string::npos) << e.what();
+  }
+  const auto nested = [](int arrays) {
+    return R"({"eventName": "Create", "data": {"a": )" + std::string(arrays, '[') +
+           std::string(arrays, ']') + "}}";
+  };
+  try {
+    (void)json::parse(nested(100000)).get<event>();
+    FAIL() << "expected validation_error";
+  } catch (const validation_error& e) {
+    EXPECT_EQ(fields(e), strings{"data"});
+    EXPECT_NE(std::string(e.what()).find("deeper than 256"), std::string::npos) << e.what();
+  }
+  EXPECT_THROW((void)json::parse(nested(256)).get<event>(), validation_error);  // 257 levels
+  EXPECT_EQ(json::parse(nested(255)).get<event>().data.at("a").size(), 1u);     // 256 levels
+}
+
 TEST(event, from_json_refuses_a_non_object_and_all_as_an_event) {
   EXPECT_THROW((void)json::array().get<event>(), validation_error);
   EXPECT_THROW((void)json({{"eventName", "All"}}).get<event>(), validation_error);

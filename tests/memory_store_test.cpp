@@ -296,3 +296,14 @@ TEST(make_store, unknown_scheme_names_the_uri_without_its_password) {
   EXPECT_THROW(make_store("memory:extra"), error);
   EXPECT_TRUE(make_store("memory:"));
 }
+
+// What the CLI prints when it names a store (`hookline redeliver` of an unknown id).
+TEST(make_store, redact_store_uri_masks_every_password_form) {
+  EXPECT_EQ(redact_store_uri("postgres:host=/tmp user=u password=hunter2 dbname=d"),
+            "postgres:host=/tmp user=u password=*** dbname=d");
+  EXPECT_EQ(redact_store_uri("postgres:password = 'hun ter2' host=h"),
+            "postgres:password = *** host=h");
+  EXPECT_EQ(redact_store_uri("postgres:postgresql://u:hunter2@db:5432/x?sslmode=require"),
+            "postgres:postgresql://u:***@db:5432/x?sslmode=require");
+  EXPECT_EQ(redact_store_uri("sqlite:/var/lib/x.db"), "sqlite:/var/lib/x.db");
+}

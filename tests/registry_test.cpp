@@ -474,6 +474,25 @@ TEST(registry, load_file_reports_a_syntax_error_with_file_and_line) {
   EXPECT_EQ(r.size(), 0u);
 }
 
+// nlohmann's message ends with the text it last read, here most of a secret pasted with a tab.
+TEST(registry, load_file_syntax_errors_never_repeat_the_text_they_read) {
+  temp_dir dir;
+  const auto file = dir.path() / "pasted.json";
+  write_file(file,
+             "[{\"id\": \"a\", \"url\": \"https://h/\",\n  \"secret\": "
+             "\"whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw\t\"}]\n");
+  registry r;
+  try {
+    r.load_file(file);
+    FAIL() << "expected error";
+  } catch (const error& e) {
+    const std::string what = e.what();
+    EXPECT_NE(what.find("line 2"), std::string::npos) << what;
+    EXPECT_NE(what.find("control character"), std::string::npos) << what;
+    EXPECT_EQ(what.find("MfKQ9r8"), std::string::npos) << what;
+  }
+}
+
 TEST(registry, load_file_of_a_missing_file_names_it) {
   registry r;
   try {

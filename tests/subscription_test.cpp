@@ -199,23 +199,13 @@ TEST(subscription, id_is_required) {
 }
 
 TEST(subscription, url_must_be_http_or_https_with_a_host) {
-  const std::vector<std::string> bad = {"",
-                                        "https://",
-                                        "ftp://files.example.com/",
-                                        "hooks.example.com/in",
-                                        "http:///path",
-                                        "http://:8080/",
-                                        "http://exa mple.com/",
-                                        "http://example.com/a b",
-                                        "http://example.com/\n",
-                                        "http://h:0/",
-                                        "http://h:65536/",
-                                        "http://h:8x/",
-                                        "http://h:/",
-                                        "http://a..b/",
-                                        "http://a,b/",
-                                        "http://[::1/",
-                                        "http://[zz::1]/"};
+  const std::vector<std::string> bad = {
+      "", "https://", "ftp://files.example.com/", "hooks.example.com/in", "http:///path",
+      "http://:8080/", "http://exa mple.com/", "http://example.com/a b", "http://example.com/\n",
+      "http://h:0/", "http://h:65536/", "http://h:8x/", "http://h:/", "http://a..b/", "http://a,b/",
+      "http://[::1/", "http://[zz::1]/",
+      // libcurl would take "ssw0rd!@hooks..." as the host
+      "https://svc:P@ssw0rd!@hooks.example.com/in"};
   for (const auto& url : bad) {
     auto s = valid();
     s.url = url;
@@ -227,6 +217,7 @@ TEST(subscription, url_must_be_http_or_https_with_a_host) {
                                          "http://10.0.0.1:65535",
                                          "http://[::1]:8080/p",
                                          "https://user:pw@example.com/",
+                                         "https://svc:P%40ssw0rd!@hooks.example.com/in",
                                          "http://example.com./"};
   for (const auto& url : good) {
     auto s = valid();
@@ -291,6 +282,16 @@ TEST(subscription, reserved_headers_are_refused_in_any_case) {
                      "headers.CONNECTION", "headers.Webhook-Signature", "headers.webhook-id",
                      "headers.WEBHOOK-TIMESTAMP", "headers.webhook_signature",
                      "headers.Transfer_Encoding"}));
+}
+
+// nlohmann's message ends with the text it last read: here a token.
+TEST(subscription, json_errors_never_repeat_the_text_they_read) {
+  const auto s = subscription_from_json(json::parse(
+      R"({"id": "a", "url": "https://h/",
+          "WebHookHeaders": "{\"Authorization\": \"Bearer sk_live_VERYSECRET123\\q\"}"})"));
+  const auto reason = reason_for(s.parse_errors, "headers");
+  EXPECT_NE(reason.find("not valid JSON"), std::string::npos) << reason;
+  EXPECT_EQ(reason.find("VERYSECRET"), std::string::npos) << reason;
 }
 
 // sensenet's HttpWebHookClient upper-cases the method; a migrated "post" must not go out as is.

@@ -245,12 +245,8 @@ subscriptions_file read_subscriptions_file(const std::string& path) {
         ++column;
       }
     }
-    std::string why = e.what();
-    if (auto p = why.find("column "); p != std::string::npos) {
-      if (auto q = why.find(": ", p); q != std::string::npos) why = why.substr(q + 2);
-    }
     throw usage_error(path + ":" + std::to_string(line) + ":" + std::to_string(column) +
-                      ": not valid JSON: " + why);
+                      ": not valid JSON: " + json_error_reason(e));
   }
 
   subscriptions_file f;

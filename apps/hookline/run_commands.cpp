@@ -95,9 +95,8 @@ std::optional<event> parse_event_line(const std::string& text, const event_catal
   try {
     j = nlohmann::json::parse(text);
   } catch (const nlohmann::json::parse_error& e) {
-    std::string why = e.what();
-    if (auto p = why.find("] "); p != std::string::npos) why = why.substr(p + 2);
-    report_line(source, line, "not valid JSON: " + why);
+    report_line(source, line,
+                "not valid JSON at byte " + std::to_string(e.byte) + ": " + json_error_reason(e));
     return std::nullopt;
   }
   try {
@@ -107,7 +106,7 @@ std::optional<event> parse_event_line(const std::string& text, const event_catal
   } catch (const hookline::error& e) {
     report_line(source, line, std::string("invalid event: ") + e.what());
   } catch (const nlohmann::json::exception& e) {
-    report_line(source, line, std::string("invalid event: ") + e.what());
+    report_line(source, line, "invalid event: " + json_error_reason(e));
   }
   return std::nullopt;
 }
@@ -409,7 +408,8 @@ int run_fire(const fire_flags& f) {
     try {
       j = nlohmann::json::parse(text);
     } catch (const nlohmann::json::parse_error& pe) {
-      throw usage_error(std::string("EVENT_JSON: not valid JSON: ") + pe.what());
+      throw usage_error("EVENT_JSON: not valid JSON at byte " + std::to_string(pe.byte) + ": " +
+                        json_error_reason(pe));
     }
     try {
       e = event_from_json(j, h.subscriptions().catalog());

@@ -210,7 +210,8 @@ int run_stats(const stats_flags& f) {
 int run_redeliver(const std::string& uri, const std::string& message_id) {
   auto store = open_existing_store(uri);
   if (!store->redeliver(message_id, std::chrono::system_clock::now())) {
-    console::instance().error_line("redeliver: no message \"" + message_id + "\" in " + uri);
+    console::instance().error_line("redeliver: no message \"" + message_id + "\" in " +
+                                   redact_store_uri(uri));
     return exit_failed;
   }
   std::cout << "message " << message_id

@@ -193,8 +193,8 @@ std::optional<json> parse_body(const httplib::Request& req, httplib::Response& r
   try {
     return json::parse(req.body);
   } catch (const json::parse_error& e) {
-    std::string why = e.what();
-    if (auto p = why.find("] "); p != std::string::npos) why = why.substr(p + 2);
+    const std::string why =
+        "at byte " + std::to_string(e.byte) + ": " + hookline::json_error_reason(e);
     reply_error(res, op_error{400, "the body is not valid JSON: " + why, {{"body", why}}});
     return std::nullopt;
   }

@@ -25,4 +25,9 @@ void to_json(nlohmann::json& j, const attempt_record& a);
 /// requestBytes, responseBytes.
 void to_json(nlohmann::json& j, const subscription_stats& s);
 
+/// Why nlohmann rejected some JSON, without its id prefix, its position and the text it last
+/// read, which may be part of a secret or a header value (`invalid string: control character
+/// U+0009 (HT) must be escaped...; expected ...`). Give the position yourself (parse_error::byte).
+std::string json_error_reason(const nlohmann::json::exception& e);
+
 }  // namespace hookline

@@ -280,4 +280,7 @@ struct store_options {
 /// hookline::error naming the URI (never a password in it) on failure.
 std::shared_ptr<delivery_store> make_store(std::string_view uri, const store_options& options = {});
 
+/// A store URI as it may be shown: a conninfo `password=...` or a URI's `user:secret@` masked.
+std::string redact_store_uri(std::string_view uri);
+
 }  // namespace hookline

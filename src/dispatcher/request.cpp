@@ -25,6 +25,23 @@ bool sends_body(std::string_view method) {
 
 }  // namespace
 
+std::string printable(std::string_view text) {
+  static constexpr char hex[] = "0123456789ABCDEF";
+  std::string out;
+  out.reserve(text.size());
+  for (const char ch : text) {
+    const auto c = static_cast<unsigned char>(ch);
+    if (c < 0x20 || c == 0x7f) {
+      out += "\\x";
+      out += hex[c >> 4];
+      out += hex[c & 15];
+    } else {
+      out += ch;
+    }
+  }
+  return out;
+}
+
 std::string loggable_url(std::string_view url) {
   auto scheme = url.find("://");
   std::size_t start = scheme == std::string_view::npos ? 0 : scheme + 3;
@@ -34,7 +51,7 @@ std::string loggable_url(std::string_view url) {
   auto slash = out.find('/', start);
   if (at != std::string::npos && (slash == std::string::npos || at < slash))
     out.erase(start, at - start + 1);
-  return out;
+  return printable(out);
 }
 
 void build_request(http_request& req, const message& m, const subscription& sub,
@@ -137,7 +154,8 @@ outcome classify(const http_response& r, time_point now) {
     o.reason = code;
     if (r.retry_after) {
       o.retry_after = parse_retry_after(*r.retry_after, now);
-      if (o.retry_after) o.reason += " (Retry-After: " + r.retry_after->substr(0, 64) + ")";
+      if (o.retry_after)
+        o.reason += " (Retry-After: " + printable(r.retry_after->substr(0, 64)) + ")";
     }
     return o;
   }

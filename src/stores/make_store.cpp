@@ -7,11 +7,9 @@
 
 namespace hookline {
 
-namespace {
-
 // The URI as it may appear in an error: any password (conninfo `password=...` or URI userinfo
 // `user:secret@`) is masked.
-std::string redact(std::string_view uri) {
+std::string redact_store_uri(std::string_view uri) {
   std::string out(uri);
   // key=value conninfo form.
   for (std::size_t pos = 0; (pos = out.find("password", pos)) != std::string::npos;) {
@@ -48,29 +46,29 @@ std::string redact(std::string_view uri) {
   return out;
 }
 
-}  // namespace
-
 std::shared_ptr<delivery_store> make_store(std::string_view uri, const store_options& options) {
   const auto colon = uri.find(':');
   const std::string scheme(uri.substr(0, colon == std::string_view::npos ? uri.size() : colon));
   const std::string rest(colon == std::string_view::npos ? std::string_view{}
                                                          : uri.substr(colon + 1));
   if (scheme == "memory") {
-    if (!rest.empty()) throw error("store URI '" + redact(uri) + "': memory: takes no argument");
+    if (!rest.empty())
+      throw error("store URI '" + redact_store_uri(uri) + "': memory: takes no argument");
     return detail::make_memory_store(options);
   }
   if (scheme == "sqlite") {
-    if (rest.empty()) throw error("store URI '" + redact(uri) + "': sqlite: needs a file path");
+    if (rest.empty())
+      throw error("store URI '" + redact_store_uri(uri) + "': sqlite: needs a file path");
     return detail::make_sqlite_store(rest, options);
   }
   if (scheme == "postgres" || scheme == "postgresql") {
     if (rest.empty())
-      throw error("store URI '" + redact(uri) + "': postgres: needs a connection string");
+      throw error("store URI '" + redact_store_uri(uri) + "': postgres: needs a connection string");
     // postgres://... and postgresql://... are libpq URIs as they stand.
     const std::string conninfo = rest.rfind("//", 0) == 0 ? std::string(uri) : rest;
     return detail::make_postgres_store(conninfo, options);
   }
-  throw error("store URI '" + redact(uri) +
+  throw error("store URI '" + redact_store_uri(uri) +
               "': unknown scheme (expected memory:, sqlite:PATH or postgres:CONNINFO)");
 }
 

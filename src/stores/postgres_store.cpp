@@ -2,6 +2,8 @@
 // LISTEN/NOTIFY wake-ups, reconnect with backoff, idempotent retries.
 #include "stores/postgres_store.hpp"
 
+#include "hookline/json.hpp"
+
 #include <libpq-fe.h>
 #include <poll.h>
 
@@ -1281,7 +1283,7 @@ std::vector<nlohmann::json> load_postgres_subscriptions(const std::string& conni
         out.push_back(nlohmann::json::parse(r.str(i, 1)));
       } catch (const nlohmann::json::exception& e) {
         throw error(detail::describe(conninfo) + ": subscription '" + r.str(i, 0) +
-                    "' is not valid JSON: " + e.what());
+                    "' is not valid JSON: " + json_error_reason(e));
       }
     }
     return out;

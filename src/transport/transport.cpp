@@ -599,12 +599,13 @@ class transport::impl {
     char* host = nullptr;
     auto rc = curl_url_set(u, CURLUPART_URL, req.url.c_str(), 0);
     if (rc != CURLUE_OK) {
-      problem = {error_kind::invalid, "invalid URL \"" + req.url + "\": " + curl_url_strerror(rc)};
+      // Not the URL itself: it may carry a password or a token (it is the subscription's).
+      problem = {error_kind::invalid, std::string("invalid URL: ") + curl_url_strerror(rc)};
     } else if (curl_url_get(u, CURLUPART_SCHEME, &scheme, 0) != CURLUE_OK ||
                (std::strcmp(scheme, "http") != 0 && std::strcmp(scheme, "https") != 0)) {
-      problem = {error_kind::invalid, "invalid URL \"" + req.url + "\": only http and https"};
+      problem = {error_kind::invalid, "invalid URL: only http and https"};
     } else if (curl_url_get(u, CURLUPART_HOST, &host, 0) != CURLUE_OK) {
-      problem = {error_kind::invalid, "invalid URL \"" + req.url + "\": no host"};
+      problem = {error_kind::invalid, "invalid URL: no host"};
     } else {
       char* port = nullptr;
       curl_url_get(u, CURLUPART_PORT, &port, CURLU_DEFAULT_PORT);
