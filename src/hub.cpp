@@ -89,8 +89,9 @@ class hub::impl {
         std::lock_guard lock(idle_mutex_);
         idle_cv_.notify_all();
       };
-      ctx.take_saved_disabled = [this](const std::string& id, std::string& reason) {
-        return take_saved_disabled(id, reason);
+      ctx.take_saved_disabled = [this](const std::shared_ptr<const subscription>& sub,
+                                       std::string& reason) {
+        return take_saved_disabled(sub, reason);
       };
       dispatcher_ = std::make_unique<detail::dispatcher>(std::move(ctx));
     }
@@ -115,11 +116,7 @@ class hub::impl {
       }
       for (const auto& sub : snap->match(*ev)) {
         std::string reason;
-        if (take_saved_disabled(sub->id, reason)) {
-          registry_->set_enabled(sub->id, false);
-          opts_.logger->info("subscription {} stays disabled: {}", sub->id, reason);
-          continue;
-        }
+        if (take_saved_disabled(sub, reason)) continue;
         add_message(*ev, *sub, now, ctx, batch);
       }
     }
@@ -131,8 +128,7 @@ class hub::impl {
     auto sub = registry_->current()->find(subscription_id);
     if (!sub) throw error("fire: unknown subscription '" + std::string(subscription_id) + "'");
     std::string reason;
-    if (take_saved_disabled(sub->id, reason)) registry_->set_enabled(sub->id, false);
-    if (!sub->enabled || !reason.empty())
+    if (!sub->enabled || take_saved_disabled(sub, reason))
       throw error("fire: subscription '" + sub->id + "' is disabled");
     const auto now = opts_.clock->now();
     const render_context ctx{now, opts_.repository};
@@ -340,13 +336,27 @@ class hub::impl {
     pending_ += n;
   }
 
-  bool take_saved_disabled(const std::string& id, std::string& reason) {
-    std::lock_guard lock(saved_mutex_);
-    if (saved_disabled_.empty()) return false;
-    auto it = saved_disabled_.find(id);
-    if (it == saved_disabled_.end()) return false;
-    reason = it->second.empty() ? "disabled in an earlier run" : it->second;
-    saved_disabled_.erase(it);
+  // True when the store says `sub` was disabled in an earlier run (a 410, the failure timer):
+  // the first call disables it in the registry too. Snapshots taken before that still hold the
+  // enabled object, so it stays disabled for them (the rest of a batch, a claim) until the host
+  // replaces the subscription.
+  bool take_saved_disabled(const std::shared_ptr<const subscription>& sub, std::string& reason) {
+    {
+      std::lock_guard lock(saved_mutex_);
+      if (saved_disabled_.empty() && applied_disabled_.empty()) return false;
+      if (auto a = applied_disabled_.find(sub->id); a != applied_disabled_.end()) {
+        if (a->second.first != sub) return false;  // replaced since: the host's to say
+        reason = a->second.second;
+        return true;
+      }
+      auto it = saved_disabled_.find(sub->id);
+      if (it == saved_disabled_.end()) return false;
+      reason = it->second.empty() ? "disabled in an earlier run" : it->second;
+      applied_disabled_[sub->id] = {sub, reason};
+      saved_disabled_.erase(it);
+    }
+    registry_->set_enabled(sub->id, false);
+    opts_.logger->warn("subscription {} stays disabled: {}", sub->id, reason);
     return true;
   }
 
@@ -357,6 +367,8 @@ class hub::impl {
   std::size_t pending_ = 0;
   std::mutex saved_mutex_;
   std::unordered_map<std::string, std::string> saved_disabled_;
+  std::unordered_map<std::string, std::pair<std::shared_ptr<const subscription>, std::string>>
+      applied_disabled_;
   std::mutex idle_mutex_;
   std::condition_variable idle_cv_;
   std::atomic<bool> stopped_{false};

@@ -230,6 +230,46 @@ TEST(hub, a_saved_disabled_state_survives_into_a_new_hub) {
   EXPECT_EQ(h.publish(make_event()).message_ids.size(), 1u);
 }
 
+// The saved state used to reach only the first message of a batch: the rest of the batch matched
+// the snapshot taken before the subscription was disabled (2 of 3 went out).
+TEST(hub, a_saved_disabled_state_holds_for_a_whole_batch_and_a_whole_claim) {
+  test_server server;
+  auto store = make_store("memory:");
+  {
+    auto o = publish_only();
+    o.store_instance = store;
+    hub h(o);
+    h.subscriptions().add(make_sub("s", server.url("/hook")));
+    const std::vector<event> three{make_event(), make_event(), make_event()};
+    ASSERT_EQ(h.publish(three).message_ids.size(), 3u);  // pending from an earlier run
+  }
+  store->save_state({"s", true, "HTTP 410 Gone", std::nullopt});
+  auto o = fast_options();
+  o.store_instance = store;
+  std::atomic<int> dead{0};
+  o.hooks.on_dead = [&](const message&, const std::string&) { ++dead; };
+  hub h(o);
+  h.subscriptions().add(make_sub("s", server.url("/hook")));
+  ASSERT_TRUE(h.wait_idle(10s));
+  EXPECT_EQ(dead.load(), 3);
+  EXPECT_EQ(server.request_count("/hook"), 0u);
+  // A fresh batch after that: nothing for the disabled subscription.
+  const std::vector<event> more{make_event(), make_event(), make_event()};
+  EXPECT_TRUE(h.publish(more).message_ids.empty());
+  EXPECT_FALSE(h.subscriptions().get("s")->enabled);
+}
+
+TEST(hub, a_saved_disabled_state_holds_for_every_event_of_a_publish_batch) {
+  auto store = make_store("memory:");
+  store->save_state({"s", true, "HTTP 410 Gone", std::nullopt});
+  auto o = publish_only();
+  o.store_instance = store;
+  hub h(o);
+  h.subscriptions().add(make_sub("s", "https://a.example.com/in"));
+  const std::vector<event> three{make_event(), make_event(), make_event()};
+  EXPECT_TRUE(h.publish(three).message_ids.empty());
+}
+
 TEST(hub, concurrent_publishers_get_every_message_delivered_once) {
   test_server server;
   auto o = fast_options();

@@ -452,8 +452,7 @@ void dispatcher::route(message m, const std::shared_ptr<const snapshot>& snap, t
     return;
   }
   std::string saved_reason;
-  if (ctx_.take_saved_disabled && ctx_.take_saved_disabled(sub->id, saved_reason)) {
-    ctx_.subscriptions->set_enabled(sub->id, false);
+  if (ctx_.take_saved_disabled && ctx_.take_saved_disabled(sub, saved_reason)) {
     dead(m, "subscription disabled: " + saved_reason, nullptr);
     return;
   }

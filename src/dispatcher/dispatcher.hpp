@@ -49,8 +49,10 @@ struct dispatcher_context {
   std::function<void(std::size_t)> on_finished;
   /// Called after every loop turn that changed something (wait_idle watchers).
   std::function<void()> on_progress;
-  /// True (once) when a persisted state says `subscription_id` was disabled; sets `reason`.
-  std::function<bool(const std::string& subscription_id, std::string& reason)> take_saved_disabled;
+  /// True when a persisted state says `sub` was disabled in an earlier run (the first call
+  /// disables it in the registry); sets `reason`.
+  std::function<bool(const std::shared_ptr<const subscription>& sub, std::string& reason)>
+      take_saved_disabled;
 };
 
 class dispatcher {
