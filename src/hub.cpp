@@ -64,6 +64,7 @@ class hub::impl {
       auto settings = opts_.store_settings;
       settings.request_timeout =
           std::chrono::duration_cast<std::chrono::milliseconds>(opts_.delivery.request_timeout);
+      if (!settings.logger) settings.logger = opts_.logger;
       store_ = make_store(opts_.store, settings);
     }
     registry_ = std::make_unique<registry>(opts_.registry);

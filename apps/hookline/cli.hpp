@@ -126,6 +126,7 @@ struct summary {
   std::uint64_t delivered = 0;
   std::uint64_t dead = 0;
   std::uint64_t pending = 0;
+  bool pending_unknown = false;  ///< the store could not be asked: `"pending":null`
   std::uint64_t errors = 0;
   std::string to_json_line() const;
 };

@@ -374,8 +374,12 @@ std::string summary::to_json_line() const {
   // Fixed key order, which nlohmann::json (sorted keys) would not keep.
   std::ostringstream o;
   o << "{\"published\":" << published << ",\"messages\":" << messages
-    << ",\"delivered\":" << delivered << ",\"dead\":" << dead << ",\"pending\":" << pending
-    << ",\"errors\":" << errors << "}";
+    << ",\"delivered\":" << delivered << ",\"dead\":" << dead << ",\"pending\":";
+  if (pending_unknown)
+    o << "null";
+  else
+    o << pending;
+  o << ",\"errors\":" << errors << "}";
   return o.str();
 }
 

@@ -1,12 +1,14 @@
 // dispatch, publish, worker and fire: the subcommands that run a hub.
 #include <signal.h>
 
+#include <algorithm>
 #include <cinttypes>
 #include <cstdio>
 #include <iostream>
 #include <map>
 #include <optional>
 #include <sstream>
+#include <thread>
 
 #include "cli.hpp"
 
@@ -36,6 +38,7 @@ options base_options(const std::string& store_uri, const delivery_flags& df, int
   options opts;
   apply_delivery_flags(df, opts);
   opts.logger = make_logger(verbosity);
+  opts.store_settings.logger = opts.logger;  // reconnects, dropped results: on stderr too
   opts.dispatch = dispatch;
   gate = make_gated_store(open_store(store_uri, opts.store_settings));
   opts.store = store_uri;
@@ -68,8 +71,35 @@ void start_session(session& s, const std::string& subscriptions_path, options op
   (void)subscriptions_path;
 }
 
-std::uint64_t store_pending(hub& h) {
-  return h.store().count_pending(std::chrono::system_clock::now());
+// What the store still holds; the summary line is printed even when the store cannot say.
+void set_store_pending(hub& h, summary& s) {
+  try {
+    s.pending = h.store().count_pending(std::chrono::system_clock::now());
+  } catch (const hookline::error& e) {
+    s.pending_unknown = true;
+    console::instance().error_line(std::string("hookline: cannot count pending messages: ") +
+                                   e.what());
+  }
+}
+
+// The store may be out of reach for a while (a PostgreSQL restart): its calls retry for 30 s,
+// then fail. A draining command says so once and keeps waiting until `deadline`. True when
+// nothing is pending.
+bool wait_idle_through_outages(hub& h, steady::time_point deadline) {
+  bool told = false;
+  while (true) {
+    try {
+      const auto left = std::max(steady::duration::zero(), deadline - steady::now());
+      return h.wait_idle(std::chrono::duration_cast<duration>(left));
+    } catch (const hookline::error& e) {
+      if (!told)
+        console::instance().error_line(std::string("hookline: ") + e.what() +
+                                       "; still waiting for the store");
+      told = true;
+      if (steady::now() >= deadline) return false;
+      std::this_thread::sleep_for(std::chrono::seconds(1));
+    }
+  }
 }
 
 std::string rate(std::uint64_t n, double seconds) {
@@ -154,6 +184,7 @@ void publish_input(hub& h, line_reader& reader, publish_totals& t) {
 // passed may still have settled its message while the hub stopped.
 int finish(const summary& s) {
   std::cout << s.to_json_line() << std::endl;
+  if (s.pending_unknown) return exit_failed;
   if (s.pending > 0) return exit_drain_timeout;
   if (s.errors > 0) return exit_failed;
   return exit_ok;
@@ -181,7 +212,7 @@ int run_publishing(const run_flags& f, bool dispatch) {
     return o.str();
   });
   publish_input(h, reader, t);
-  if (dispatch) h.wait_idle(drain);
+  if (dispatch) wait_idle_through_outages(h, steady::now() + drain);
   bar.finish();
   h.stop(std::chrono::seconds(1));
 
@@ -191,13 +222,12 @@ int run_publishing(const run_flags& f, bool dispatch) {
   sum.messages = t.messages;
   sum.delivered = c.delivered;
   sum.dead = c.dead;
-  sum.pending = dispatch ? store_pending(h) : 0;
+  // publish leaves its messages for a worker: pending is what the store now holds.
+  set_store_pending(h, sum);
   sum.errors = t.errors;
   if (!dispatch) {
-    // publish leaves its messages for a worker: pending is what the store now holds.
-    sum.pending = store_pending(h);
     std::cout << sum.to_json_line() << std::endl;
-    return sum.errors > 0 ? exit_failed : exit_ok;
+    return sum.errors > 0 || sum.pending_unknown ? exit_failed : exit_ok;
   }
   return finish(sum);
 }
@@ -271,9 +301,21 @@ int run_worker(const run_flags& f) {
   const auto started = steady::now();
   int signal_seen = 0;
   quiet_notice quiet;
+  bool store_down = false;
   while (true) {
-    if (f.drain && h.wait_idle(std::chrono::milliseconds(200))) break;
-    if (f.drain) quiet.check(h, steady::now());
+    if (f.drain) {
+      // A store outage (its calls fail after 30 s) is waited out, as by a worker without --drain.
+      try {
+        if (h.wait_idle(std::chrono::milliseconds(200))) break;
+        quiet.check(h, steady::now());
+        store_down = false;
+      } catch (const hookline::error& e) {
+        if (!store_down)
+          console::instance().error_line(std::string("hookline worker: ") + e.what() +
+                                         "; still waiting for the store");
+        store_down = true;
+      }
+    }
     timespec wait{};
     wait.tv_nsec = f.drain ? 0 : 200'000'000;
     siginfo_t info{};
@@ -295,8 +337,9 @@ int run_worker(const run_flags& f) {
   const auto c = h.counters();
   sum.delivered = c.delivered;
   sum.dead = c.dead;
-  sum.pending = store_pending(h);
+  set_store_pending(h, sum);
   std::cout << sum.to_json_line() << std::endl;
+  if (sum.pending_unknown) return exit_failed;
   // As for dispatch: what the stop let finish is not pending.
   if (f.drain && sum.pending > 0) return exit_drain_timeout;
   return exit_ok;

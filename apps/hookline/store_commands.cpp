@@ -31,7 +31,9 @@ std::shared_ptr<delivery_store> open_existing_store(const std::string& uri) {
     }
   }
   try {
-    return make_store(uri);
+    store_options so;
+    so.logger = make_logger(0);  // the store's warnings (a reconnect) reach stderr
+    return make_store(uri, so);
   } catch (const hookline::error& e) {
     throw usage_error(std::string("--store: ") + e.what());
   }

@@ -10,6 +10,10 @@
 #include <string_view>
 #include <vector>
 
+namespace spdlog {
+class logger;
+}
+
 namespace hookline {
 
 using time_point = std::chrono::system_clock::time_point;
@@ -274,6 +278,9 @@ struct store_options {
   std::chrono::hours retention{24 * 30};
   /// The request timeout the store's leases must outlast (make_store refuses a shorter lease).
   std::chrono::milliseconds request_timeout{15000};
+  /// Where the store reports reconnects, dropped results and pruning. Default: the logger
+  /// registered as "hookline" in spdlog, else none. A hub passes its own `options::logger`.
+  std::shared_ptr<spdlog::logger> logger;
 };
 
 /// Opens a store from a URI: `memory:`, `sqlite:PATH`, `postgres:CONNINFO`. Throws

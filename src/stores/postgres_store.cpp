@@ -279,7 +279,14 @@ class connection {
   void ensure() {
     if (conn_ && PQstatus(conn_) == CONNECTION_OK) return;
     drop();
-    conn_ = PQconnectdb(conninfo_.c_str());
+    // Defaults the conninfo may override (later keywords win): over TCP a server that went
+    // silent (a partition, a dead host) is noticed in about 30 s instead of the kernel's many
+    // minutes, during which every call would block. A unix socket ignores them.
+    static constexpr const char* keywords[] = {
+        "connect_timeout",  "keepalives",       "keepalives_idle", "keepalives_interval",
+        "keepalives_count", "tcp_user_timeout", "dbname",          nullptr};
+    const char* values[] = {"10", "1", "30", "10", "3", "30000", conninfo_.c_str(), nullptr};
+    conn_ = PQconnectdbParams(keywords, values, /*expand_dbname=*/1);
     if (PQstatus(conn_) != CONNECTION_OK) {
       std::string msg = PQerrorMessage(conn_);
       drop();
@@ -597,7 +604,9 @@ void check_conninfo(const std::string& conninfo, const std::string& where) {
 class postgres_store final : public delivery_store {
  public:
   postgres_store(const std::string& conninfo, const store_options& options)
-      : options_(options), log_(store_logger()), where_(describe(conninfo)) {
+      : options_(options),
+        log_(options.logger ? options.logger : store_logger()),
+        where_(describe(conninfo)) {
     check_conninfo(conninfo, where_);
     if (options_.request_timeout <= milliseconds(0)) {
       throw error(where_ + ": request_timeout must be positive");

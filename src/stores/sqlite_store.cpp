@@ -456,7 +456,7 @@ class multi_row_sql {
 class sqlite_store final : public delivery_store {
  public:
   sqlite_store(const std::string& spec, const store_options& options)
-      : options_(options), log_(store_logger()) {
+      : options_(options), log_(options.logger ? options.logger : store_logger()) {
     const sqlite_location loc = parse_location(spec);
     where_ = "sqlite store " + loc.path;
     sync_full_ = loc.sync_full;
