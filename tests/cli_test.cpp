@@ -93,6 +93,7 @@ TEST(cli_help, every_subcommand_has_help_with_examples) {
                                        {"stats"},
                                        {"redeliver"},
                                        {"recover"},
+                                       {"enable"},
                                        {"subscriptions", "validate"},
                                        {"sign"},
                                        {"verify"},
@@ -213,6 +214,44 @@ TEST_F(cli, dispatch_gives_up_at_once_on_410_and_400_and_logs_each_dead_message)
   EXPECT_EQ(count("dead: message"), 2u) << r.err;
   EXPECT_EQ(count(" is dead"), 0u) << r.err;
   EXPECT_EQ(count("disabled"), 1u) << r.err;
+}
+
+// A 410 disables the subscription in the store for every later run, until `enable` clears it.
+TEST_F(cli, a_subscription_disabled_by_410_stays_disabled_until_enable) {
+  server_.respond("/gone", response::of(410));  // then the default, 200
+  const auto subs = file("subs.json", json::array({sub("gone", "/gone")}).dump());
+  const std::string store = "sqlite:" + path("outbox.db");
+  const auto one = file("one.jsonl", event_line("Create", "/Root/Content/x.txt"));
+  const auto two = file("two.jsonl", event_line("Create", "/Root/Content/x.txt") +
+                                         event_line("Create", "/Root/Content/y.txt"));
+  const auto run = [&](const std::string& events) {
+    return hookline(
+        {"dispatch", "--subscriptions", subs, "--store", store, "--allow-private", events});
+  };
+  auto r = run(one);
+  ASSERT_EQ(r.code, 0) << r.err;
+  EXPECT_EQ(r.summary()["dead"], 1);
+  EXPECT_EQ(server_.request_count("/gone"), 1u);
+
+  r = run(two);  // the receiver is back, but the store says disabled
+  ASSERT_EQ(r.code, 0) << r.err;
+  EXPECT_EQ(r.summary()["messages"], 0);
+  EXPECT_NE(r.err.find("stays disabled"), std::string::npos) << r.err;
+  EXPECT_EQ(server_.request_count("/gone"), 1u);
+
+  r = hookline({"enable", "--store", store, "--subscription", "gone"});
+  ASSERT_EQ(r.code, 0) << r.err;
+  EXPECT_NE(r.out.find("enabled (it was disabled: the endpoint answered 410 Gone)"),
+            std::string::npos)
+      << r.out;
+  r = hookline({"enable", "--store", store, "--subscription", "gone"});
+  EXPECT_EQ(r.code, 0);
+  EXPECT_NE(r.out.find("is not disabled"), std::string::npos) << r.out;
+
+  r = run(two);
+  ASSERT_EQ(r.code, 0) << r.err;
+  EXPECT_EQ(r.summary()["delivered"], 2);
+  EXPECT_EQ(server_.request_count("/gone"), 3u);
 }
 
 // Without --allow-private the guard refuses the loopback receiver: the message is dead, the

@@ -203,6 +203,7 @@ struct stats_flags {
 };
 int run_stats(const stats_flags& f);
 int run_redeliver(const std::string& store, const std::string& message_id);
+int run_enable(const std::string& store, const std::string& subscription_id);
 int run_recover(const std::string& store, const std::string& subscription_id,
                 const std::string& since);
 

@@ -212,6 +212,20 @@ int main(int argc, char** argv) {
       "A worker on the same store sends it (again, with the same webhook-id).\n"
       "Exit codes: 0 ok; 1 no such message; 2 bad arguments or no such store.");
 
+  // enable
+  std::string enable_store, enable_sub;
+  auto* enable = app.add_subcommand(
+      "enable", "Clear a subscription's saved disabled state (after a 410 or the failure timer)");
+  enable->add_option("--store", enable_store, "Store URI")->required();
+  enable->add_option("--subscription", enable_sub, "Subscription id")->required();
+  enable->footer(
+      "Examples:\n"
+      "  hookline enable --store sqlite:outbox.db --subscription docs\n"
+      "A subscription answered with 410 Gone (or failing for auto_disable_after) stays disabled "
+      "in\n"
+      "every later run on the store until this. Dead messages stay dead: recover them after.\n"
+      "Exit codes: 0 ok (also when it was not disabled); 2 bad arguments or no such store.");
+
   // recover
   std::string recover_store, recover_sub, recover_since;
   auto* recover = app.add_subcommand(
@@ -336,6 +350,7 @@ int main(int argc, char** argv) {
     if (stats->parsed()) return run_stats(stats_f);
     if (redeliver->parsed()) return run_redeliver(redeliver_store, redeliver_id);
     if (recover->parsed()) return run_recover(recover_store, recover_sub, recover_since);
+    if (enable->parsed()) return run_enable(enable_store, enable_sub);
     if (validate_cmd->parsed()) return run_validate(validate_file);
     if (sign_cmd->parsed()) return run_sign(sign_f);
     if (verify_cmd->parsed()) {

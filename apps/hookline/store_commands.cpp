@@ -1,6 +1,7 @@
-// deliveries, attempts, stats, redeliver and recover: operator commands that work on a store
-// directly, so they need no subscriptions file and never send anything themselves (a worker
-// delivers).
+// deliveries, attempts, stats, redeliver, recover and enable: operator commands that work on a
+// store directly, so they need no subscriptions file and never send anything themselves (a
+// worker delivers).
+#include <algorithm>
 #include <cstdio>
 #include <filesystem>
 #include <iostream>
@@ -218,6 +219,27 @@ int run_redeliver(const std::string& uri, const std::string& message_id) {
   }
   std::cout << "message " << message_id
             << " is pending again; a running worker (or the next one) delivers it" << std::endl;
+  return exit_ok;
+}
+
+int run_enable(const std::string& uri, const std::string& subscription_id) {
+  auto store = open_existing_store(uri);
+  const auto states = store->load_states();
+  const auto it = std::find_if(states.begin(), states.end(), [&](const subscription_state& s) {
+    return s.subscription_id == subscription_id;
+  });
+  if (it == states.end() || !it->disabled) {
+    std::cout << "subscription \"" << subscription_id << "\" is not disabled in this store"
+              << std::endl;
+    return exit_ok;
+  }
+  // Enabled, and its failure timer starts over.
+  store->save_state({subscription_id, false, {}, std::nullopt});
+  std::cout << "subscription \"" << subscription_id << "\" enabled (it was disabled: "
+            << (it->reason.empty() ? "no reason saved" : it->reason)
+            << "); workers started from now on send to it, running ones once they reload their "
+               "subscriptions"
+            << std::endl;
   return exit_ok;
 }
 
