@@ -3,6 +3,7 @@
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 #include <sqlite3.h>
+#include <sys/stat.h>
 
 #include <algorithm>
 #include <atomic>
@@ -56,6 +57,25 @@ class sqlite_store : public ::testing::Test {
   const std::string path_ = dir_.file("outbox.db");
   const time_point t0_ = std::chrono::system_clock::now();
 };
+
+// Bodies, URLs and response heads are in the file: readable by its owner only, whatever the
+// umask (it was 0644), and the WAL alike.
+TEST_F(sqlite_store, a_new_store_file_and_its_wal_are_private_to_the_owner) {
+  const auto old_mask = ::umask(022);
+  {
+    auto s = open();
+    std::vector<message> b{make_message("a", "s1", t0_)};
+    s->enqueue(b);
+    namespace fs = std::filesystem;
+    const auto mode = [](const std::string& p) {
+      return fs::status(p).permissions() & fs::perms::all;
+    };
+    EXPECT_EQ(mode(path_), fs::perms::owner_read | fs::perms::owner_write);
+    ASSERT_TRUE(fs::exists(path_ + "-wal"));
+    EXPECT_EQ(mode(path_ + "-wal"), fs::perms::owner_read | fs::perms::owner_write);
+  }
+  ::umask(old_mask);
+}
 
 TEST_F(sqlite_store, messages_attempts_state_and_stats_survive_a_reopen) {
   {

@@ -464,6 +464,12 @@ class sqlite_store final : public delivery_store {
       throw error(where_ + ": request_timeout must be positive");
     }
     take_lock(loc.path);
+    // Bodies, URLs (tokens in query strings) and response heads are in the file: a new one is
+    // readable by its owner only, and SQLite gives its -wal and -shm files the same mode.
+    if (loc.path != ":memory:") {
+      const int fd = ::open(loc.path.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+      if (fd >= 0) ::close(fd);
+    }
     writer_ = std::make_unique<connection>(loc.path, where_);
     configure(*writer_);
     migrate();  // with the checks on: a migration that copies rows is checked

@@ -68,6 +68,10 @@ const std::vector<rule>& v6_rules() {
       {net6({0x64, 0xff9b, 1}, 48), "local-use NAT64 (64:ff9b:1::/48)"},
       {net6({0x100}, 64), "discard-only (100::/64)"},
       {net6({0x2001, 0xdb8}, 32), "documentation (2001:db8::/32)"},
+      // Teredo (2001::/32) hides a client's IPv4 address, loopback or private included, and a host
+      // with a Teredo client would deliver there.
+      {net6({0x2001}, 23), "IETF protocol assignments, Teredo included (2001::/23)"},
+      {net6({0x3fff}, 20), "documentation (3fff::/20)"},
       {net6({0xfc00}, 7), "unique local / private network (fc00::/7)"},
       {net6({0xfe80}, 10), "link-local (fe80::/10)"},
       {net6({0xfec0}, 10), "site-local (fec0::/10)"},
