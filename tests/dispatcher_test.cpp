@@ -797,7 +797,7 @@ TEST(dispatcher, subscription_headers_arrive_after_the_standard_ones) {
   test_server server;
   hub h(fast_options());
   auto s = make_sub("s", server.url("/hook"));
-  s.headers = {{"X-Api-Key", "k-123"}, {"Authorization", "Bearer t"}};
+  s.headers = {{"X-Api-Key", "k-123"}, {"Authorization", "Bearer t"}, {"X-Empty", ""}};
   h.subscriptions().add(s);
   h.publish(make_event());
   ASSERT_TRUE(h.wait_idle(10s));
@@ -805,6 +805,7 @@ TEST(dispatcher, subscription_headers_arrive_after_the_standard_ones) {
   ASSERT_EQ(reqs.size(), 1u);
   EXPECT_EQ(reqs[0].header("X-Api-Key"), "k-123");
   EXPECT_EQ(reqs[0].header("Authorization"), "Bearer t");
+  EXPECT_EQ(reqs[0].header("X-Empty"), "");  // sent empty (libcurl drops "X-Empty:")
   EXPECT_FALSE(reqs[0].header("webhook-signature"));  // no secret, no signature
 }
 

@@ -97,7 +97,17 @@ void build_request(http_request& req, const message& m, const subscription& sub,
       h += signature_header(sub.secrets, m.id, timestamp, signed_body);
     }
   }
-  for (const auto& [name, value] : sub.headers) line(name) += value;
+  for (const auto& [name, value] : sub.headers) {
+    if (value.find_first_not_of(" \t") != std::string::npos) {
+      line(name) += value;
+    } else {
+      // libcurl reads "Name:" with nothing after it as "remove this header"; "Name;" sends it
+      // with an empty value, which is what the subscription asked for.
+      auto& h = line(name);
+      h.resize(h.size() - 2);
+      h += ';';
+    }
+  }
   req.headers.resize(used);
   req.connect_timeout = d.connect_timeout;
   req.timeout = d.request_timeout;

@@ -72,7 +72,9 @@ bool valid_header_line(const std::string& line) {
   if (line.empty() || line.front() == ':') return false;
   // strcspn stops at a NUL as well, so one pass finds CR, LF and NUL.
   if (std::strcspn(line.c_str(), "\r\n") != line.size()) return false;
-  return std::memchr(line.data(), ':', line.size()) != nullptr;
+  // "Name;" is libcurl's way to send a header with an empty value.
+  return std::memchr(line.data(), ':', line.size()) != nullptr ||
+         (line.size() > 1 && line.back() == ';');
 }
 
 bool valid_header_lines(const std::vector<std::string>& headers) {
