@@ -17,6 +17,7 @@
 #include <gtest/gtest.h>
 #include <nlohmann/json.hpp>
 
+#include "store_test_util.hpp"
 #include "support/process.hpp"
 #include "support/test_server.hpp"
 
@@ -95,6 +96,9 @@ TEST(cli_help, every_subcommand_has_help_with_examples) {
                                        {"recover"},
                                        {"enable"},
                                        {"subscriptions", "validate"},
+                                       {"subscriptions", "import"},
+                                       {"subscriptions", "list"},
+                                       {"subscriptions", "remove"},
                                        {"sign"},
                                        {"verify"},
                                        {"fire"}}) {
@@ -603,6 +607,43 @@ TEST_F(cli, attempts_show_a_receivers_raw_answer_safely) {
   EXPECT_EQ(r.out.find('\x07'), std::string::npos);
   EXPECT_NE(r.out.find("pwned"), std::string::npos) << r.out;
   EXPECT_EQ(hookline({"attempts", "--store", store, "--limit", "0"}).code, 2);
+}
+
+// Subscriptions kept in PostgreSQL: imported from a file (the invalid entry named and left out),
+// listed, used by dispatch through --subscriptions postgres:..., removed.
+TEST_F(cli, subscriptions_import_list_remove_and_use_a_postgres_database) {
+  hookline::test::pg_schema schema(hookline::test::test_pg_conninfo());
+  ASSERT_FALSE(schema.conninfo().empty());
+  const std::string db = "postgres:" + schema.conninfo();
+  json broken = sub("broken", "/b");
+  broken["url"] = "ftp://nowhere";
+  const auto subs = file("subs.json", json::array({sub("docs", "/docs"), broken}).dump());
+  auto r = hookline({"subscriptions", "import", "--store", db, subs});
+  EXPECT_EQ(r.code, 1) << r.err;
+  EXPECT_NE(r.out.find("1 subscription imported"), std::string::npos) << r.out;
+  EXPECT_NE(r.err.find("\"broken\""), std::string::npos) << r.err;
+  EXPECT_NE(r.err.find("url"), std::string::npos) << r.err;
+
+  r = hookline({"subscriptions", "list", "--store", db});
+  ASSERT_EQ(r.code, 0) << r.err;
+  const auto rows = json_lines(r.out);
+  ASSERT_EQ(rows.size(), 1u);
+  EXPECT_EQ(rows[0]["id"], "docs");
+
+  const auto events = file("e.jsonl", event_line("Create", "/Root/Content/x.txt"));
+  r = hookline({"dispatch", "--subscriptions", db, "--allow-private", events});
+  ASSERT_EQ(r.code, 0) << r.err;
+  EXPECT_EQ(r.summary()["delivered"], 1);
+  EXPECT_EQ(server_.request_count("/docs"), 1u);
+
+  r = hookline({"subscriptions", "remove", "--store", db, "docs"});
+  EXPECT_EQ(r.code, 0) << r.err;
+  r = hookline({"subscriptions", "remove", "--store", db, "docs"});
+  EXPECT_EQ(r.code, 1);
+  EXPECT_NE(r.err.find("no subscription \"docs\""), std::string::npos) << r.err;
+  r = hookline({"subscriptions", "list", "--store", "sqlite:" + path("x.db")});
+  EXPECT_EQ(r.code, 2);
+  EXPECT_NE(r.err.find("postgres:CONNINFO"), std::string::npos) << r.err;
 }
 
 TEST_F(cli, subscriptions_validate_names_every_broken_field) {

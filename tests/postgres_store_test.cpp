@@ -216,6 +216,67 @@ TEST_F(postgres_store, subscriptions_are_shared_through_the_database) {
   }
 }
 
+// Two workers' registries follow the table while they run: a change anywhere reaches both through
+// NOTIFY (the fallback poll is far away), invalid rows are reported and skipped, and a
+// subscription the store holds disabled stays disabled through every reload.
+TEST_F(postgres_store, a_subscription_sync_keeps_every_registry_equal_to_the_table) {
+  const std::string c = schema_->conninfo();
+  save_postgres_subscription(c, {{"id", "a"}, {"url", "https://a.example.com/"}});
+  save_postgres_subscription(c, {{"id", "gone"}, {"url", "https://gone.example.com/"}});
+  auto store = open();
+  store->save_state({"gone", true, "the endpoint answered 410 Gone", std::nullopt});
+
+  registry one, two;
+  std::mutex m;
+  std::vector<std::pair<load_report, std::string>> reports;
+  postgres_subscription_sync::options o;
+  o.states = store;
+  o.poll = 1h;
+  o.on_load = [&](const load_report& r, const std::string& e) {
+    std::lock_guard lock(m);
+    reports.emplace_back(r, e);
+  };
+  postgres_subscription_sync sync_one(one, c, o);
+  o.on_load = {};
+  postgres_subscription_sync sync_two(two, c, o);
+  ASSERT_EQ(one.size(), 2u);
+  ASSERT_EQ(two.size(), 2u);
+  EXPECT_FALSE(one.get("gone")->enabled);
+  EXPECT_TRUE(one.get("a")->enabled);
+
+  const auto eventually = [](const std::function<bool()>& done) {
+    const auto deadline = std::chrono::steady_clock::now() + 10s;
+    while (!done() && std::chrono::steady_clock::now() < deadline)
+      std::this_thread::sleep_for(10ms);
+    return done();
+  };
+  save_postgres_subscription(c, {{"id", "a"}, {"url", "https://a2.example.com/"}});
+  EXPECT_TRUE(eventually([&] {
+    return one.get("a")->url == "https://a2.example.com/" &&
+           two.get("a")->url == "https://a2.example.com/";
+  }));
+  EXPECT_FALSE(two.get("gone")->enabled);  // reloaded, still disabled
+
+  EXPECT_TRUE(remove_postgres_subscription(c, "a"));
+  EXPECT_TRUE(eventually([&] { return !one.get("a") && !two.get("a"); }));
+
+  // Saved as given (not validated): the reload reports it and keeps the rest.
+  save_postgres_subscription(c, {{"id", "broken"}, {"url", "ftp://x"}});
+  EXPECT_TRUE(eventually([&] {
+    std::lock_guard lock(m);
+    return !reports.empty() && !reports.back().first.rejected.empty();
+  }));
+  {
+    std::lock_guard lock(m);
+    ASSERT_EQ(reports.back().first.rejected.size(), 1u);
+    EXPECT_EQ(reports.back().first.rejected[0].id, "broken");
+    EXPECT_TRUE(reports.back().second.empty());
+  }
+  EXPECT_TRUE(one.get("gone").has_value());
+  EXPECT_FALSE(one.get("broken").has_value());
+  EXPECT_GE(sync_one.loads(), 4u);
+}
+
 // enqueue_claimed() run again after a lost connection finds its rows stored by the first try
 // (whose commit was not acknowledged): rows carrying exactly its lease are still the publisher's
 // to deliver; rows stored by anyone else are not.

@@ -16,6 +16,7 @@
 #include <vector>
 
 #include <hookline/hookline.hpp>
+#include <hookline/stores/postgres_subscriptions.hpp>
 
 namespace hookline::cli {
 
@@ -73,6 +74,7 @@ std::vector<std::size_t> subscription_lines(const std::string& text);
 /// A subscriptions file, read and parsed, with the line of each entry.
 struct subscriptions_file {
   std::string path;
+  std::string postgres;  ///< the conninfo when the subscriptions live in a PostgreSQL database
   nlohmann::json list = nlohmann::json::array();  ///< the array of subscription objects
   std::vector<std::size_t> lines;                 ///< line of list[i], 0 if unknown
   std::size_t line_of(std::size_t index) const { return index < lines.size() ? lines[index] : 0; }
@@ -80,7 +82,8 @@ struct subscriptions_file {
 
 /// Reads and parses FILE: an array, {"subscriptions": [...]}, or a sensenet OData export
 /// ({"d": {"results": [...]}}). Throws usage_error naming the file (and line) when it cannot be
-/// read or is not JSON of that shape.
+/// read or is not JSON of that shape. `postgres:CONNINFO` reads the database's subscriptions
+/// table instead (hookline subscriptions import fills it).
 subscriptions_file read_subscriptions_file(const std::string& path);
 
 /// One line per problem, e.g. `subs.json:12: subscription "a" (#2) skipped: 2 invalid fields`
@@ -208,6 +211,10 @@ int run_recover(const std::string& store, const std::string& subscription_id,
                 const std::string& since);
 
 int run_validate(const std::string& path);
+/// `subscriptions import|list|remove --store postgres:CONNINFO`.
+int run_import(const std::string& store, const std::string& path);
+int run_list(const std::string& store);
+int run_remove(const std::string& store, const std::string& id);
 
 struct sign_flags {
   std::vector<std::string> secrets;

@@ -225,6 +225,17 @@ std::vector<std::size_t> subscription_lines(const std::string& text) {
 }
 
 subscriptions_file read_subscriptions_file(const std::string& path) {
+  if (path.rfind("postgres:", 0) == 0) {
+    subscriptions_file f;
+    f.path = redact_store_uri(path);
+    f.postgres = path.substr(std::string_view("postgres:").size());
+    try {
+      for (auto& row : load_postgres_subscriptions(f.postgres)) f.list.push_back(std::move(row));
+    } catch (const hookline::error& e) {
+      throw usage_error(std::string("--subscriptions: ") + e.what());
+    }
+    return f;
+  }
   std::ifstream in(path, std::ios::binary);
   if (!in) {
     throw usage_error("subscriptions file " + path + ": cannot read: " + std::strerror(errno));

@@ -87,7 +87,10 @@ int main(int argc, char** argv) {
   delivery_options_ref dispatch_d;
   auto* dispatch = app.add_subcommand(
       "dispatch", "Publish events (JSON lines) and deliver them in this process, then wait");
-  dispatch->add_option("--subscriptions", dispatch_f.subscriptions, "Subscriptions JSON file")
+  dispatch
+      ->add_option(
+          "--subscriptions", dispatch_f.subscriptions,
+          "Subscriptions JSON file, or postgres:CONNINFO (the database's, followed while running)")
       ->required();
   dispatch->add_option("--store", dispatch_f.store,
                        "Store URI: memory: (default), sqlite:PATH or postgres:CONNINFO");
@@ -110,7 +113,10 @@ int main(int argc, char** argv) {
   run_flags publish_f;
   auto* publish =
       app.add_subcommand("publish", "Only enqueue events into a durable store (a worker delivers)");
-  publish->add_option("--subscriptions", publish_f.subscriptions, "Subscriptions JSON file")
+  publish
+      ->add_option(
+          "--subscriptions", publish_f.subscriptions,
+          "Subscriptions JSON file, or postgres:CONNINFO (the database's, followed while running)")
       ->required();
   publish->add_option("--store", publish_f.store, "Store URI: sqlite:PATH or postgres:CONNINFO")
       ->required();
@@ -130,7 +136,10 @@ int main(int argc, char** argv) {
   delivery_options_ref worker_d;
   auto* worker = app.add_subcommand(
       "worker", "Deliver what a store holds; until SIGINT/SIGTERM, or with --drain until empty");
-  worker->add_option("--subscriptions", worker_f.subscriptions, "Subscriptions JSON file")
+  worker
+      ->add_option(
+          "--subscriptions", worker_f.subscriptions,
+          "Subscriptions JSON file, or postgres:CONNINFO (the database's, followed while running)")
       ->required();
   worker->add_option("--store", worker_f.store, "Store URI: sqlite:PATH or postgres:CONNINFO")
       ->required();
@@ -242,7 +251,8 @@ int main(int argc, char** argv) {
       "Exit codes: 0 ok (also when nothing was dead); 2 bad arguments or no such store.");
 
   // subscriptions validate
-  auto* subs = app.add_subcommand("subscriptions", "Work with subscription files");
+  auto* subs = app.add_subcommand(
+      "subscriptions", "Check subscription files; keep subscriptions in a PostgreSQL database");
   subs->require_subcommand(1);
   std::string validate_file;
   auto* validate_cmd = subs->add_subcommand(
@@ -256,6 +266,38 @@ int main(int argc, char** argv) {
       "(WebHookUrl, WebHookFilter as a JSON string, ...).\n"
       "Exit codes: 0 all valid; 1 some invalid (each listed); 2 unreadable or not JSON "
       "(file:line:column named).");
+
+  // subscriptions import / list / remove (a PostgreSQL database shared by every worker)
+  std::string import_store, import_file;
+  auto* import_cmd = subs->add_subcommand(
+      "import", "Save every valid subscription of a file into a PostgreSQL database");
+  import_cmd->add_option("--store", import_store, "postgres:CONNINFO")->required();
+  import_cmd->add_option("FILE", import_file, "Subscriptions JSON file")->required();
+  import_cmd->footer(
+      "Examples:\n"
+      "  hookline subscriptions import --store postgres:dbname=hooks subs.json\n"
+      "  hookline worker --subscriptions postgres:dbname=hooks --store postgres:dbname=hooks\n"
+      "Same-id subscriptions are replaced; workers reading --subscriptions postgres:... pick\n"
+      "the change up at once. Invalid entries are listed and not imported.\n"
+      "Exit codes: 0 all imported; 1 some invalid, or the database failed; 2 bad arguments or an\n"
+      "unreadable file.");
+  std::string list_store;
+  auto* list_cmd =
+      subs->add_subcommand("list", "Print the subscriptions of a PostgreSQL database (JSON lines)");
+  list_cmd->add_option("--store", list_store, "postgres:CONNINFO")->required();
+  list_cmd->footer(
+      "Examples:\n"
+      "  hookline subscriptions list --store postgres:dbname=hooks\n"
+      "Exit codes: 0 ok; 1 the database failed; 2 bad arguments.");
+  std::string remove_store, remove_id;
+  auto* remove_cmd =
+      subs->add_subcommand("remove", "Delete one subscription from a PostgreSQL database");
+  remove_cmd->add_option("--store", remove_store, "postgres:CONNINFO")->required();
+  remove_cmd->add_option("ID", remove_id, "Subscription id")->required();
+  remove_cmd->footer(
+      "Examples:\n"
+      "  hookline subscriptions remove --store postgres:dbname=hooks docs\n"
+      "Exit codes: 0 removed; 1 no such subscription, or the database failed; 2 bad arguments.");
 
   // sign / verify
   sign_flags sign_f;
@@ -304,7 +346,10 @@ int main(int argc, char** argv) {
   delivery_options_ref fire_d;
   auto* fire = app.add_subcommand(
       "fire", "Send one event to one subscription now, bypassing its filter, and show the outcome");
-  fire->add_option("--subscriptions", fire_f.subscriptions, "Subscriptions JSON file")->required();
+  fire->add_option(
+          "--subscriptions", fire_f.subscriptions,
+          "Subscriptions JSON file, or postgres:CONNINFO (the database's, followed while running)")
+      ->required();
   fire->add_option("--subscription", fire_f.subscription_id, "The subscription id")->required();
   fire->add_option("--store", fire_f.store, "Store URI (default memory:)");
   fire_d.add(fire, fire_f.delivery, nullptr);
@@ -352,6 +397,9 @@ int main(int argc, char** argv) {
     if (recover->parsed()) return run_recover(recover_store, recover_sub, recover_since);
     if (enable->parsed()) return run_enable(enable_store, enable_sub);
     if (validate_cmd->parsed()) return run_validate(validate_file);
+    if (import_cmd->parsed()) return run_import(import_store, import_file);
+    if (list_cmd->parsed()) return run_list(list_store);
+    if (remove_cmd->parsed()) return run_remove(remove_store, remove_id);
     if (sign_cmd->parsed()) return run_sign(sign_f);
     if (verify_cmd->parsed()) {
       if (tolerance_opt->count()) verify_f.tolerance_seconds = verify_tolerance;

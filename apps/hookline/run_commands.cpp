@@ -9,6 +9,7 @@
 #include <optional>
 #include <sstream>
 #include <thread>
+#include <utility>
 
 #include "cli.hpp"
 
@@ -23,6 +24,8 @@ struct session {
   subscriptions_file file;
   gated_store gate;
   std::unique_ptr<hub> h;
+  /// For `--subscriptions postgres:...`: the registry follows the table while the command runs.
+  std::unique_ptr<postgres_subscription_sync> sync;  // after h: stops before the hub goes
 };
 
 std::shared_ptr<delivery_store> open_store(const std::string& uri, const store_options& so) {
@@ -67,6 +70,31 @@ void start_session(session& s, const std::string& subscriptions_path, options op
     throw usage_error(e.what());
   }
   load_subscriptions(s.h->subscriptions(), s.file);
+  if (!s.file.postgres.empty()) {
+    postgres_subscription_sync::options so;
+    so.states = s.gate.store;  // a subscription a 410 disabled stays disabled through reloads
+    so.on_load = [path = s.file.path, first = true](const load_report& r,
+                                                    const std::string& error) mutable {
+      if (!error.empty()) {
+        console::instance().error_line("hookline: reloading subscriptions from " + path + ": " +
+                                       error);
+        return;
+      }
+      // The first load repeats what load_subscriptions() above already reported.
+      if (!std::exchange(first, false)) {
+        subscriptions_file f;
+        f.path = path;
+        for (const auto& line : describe_rejections(f, r, "skipped"))
+          console::instance().error_line(line);
+      }
+    };
+    try {
+      s.sync = std::make_unique<postgres_subscription_sync>(s.h->subscriptions(), s.file.postgres,
+                                                            std::move(so));
+    } catch (const hookline::error& e) {
+      throw usage_error(std::string("--subscriptions: ") + e.what());
+    }
+  }
   s.gate.open();
   (void)subscriptions_path;
 }

@@ -14,7 +14,9 @@
 #include <functional>
 #include <mutex>
 #include <optional>
+#include <set>
 #include <string_view>
+#include <thread>
 #include <type_traits>
 #include <unordered_map>
 #include <utility>
@@ -1308,18 +1310,150 @@ void save_postgres_subscription(const std::string& conninfo, const nlohmann::jso
   const std::string id = it->get<std::string>();
   const std::string text = subscription.dump();
   detail::with_registry(conninfo, "saving a subscription", [&](detail::connection& c) {
+    // One statement, so the change and its notification commit together.
     c.exec(
-        "INSERT INTO subscriptions(id, json) VALUES($1, $2) ON CONFLICT (id) DO UPDATE SET "
-        "json = excluded.json, updated_at = now()",
-        detail::params().add(id).add(text));
+        "WITH saved AS (INSERT INTO subscriptions(id, json) VALUES($1, $2) ON CONFLICT (id) DO "
+        "UPDATE SET json = excluded.json, updated_at = now() RETURNING 1) "
+        "SELECT pg_notify($3, current_schema()) FROM saved",
+        detail::params().add(id).add(text).add(detail::subscriptions_channel));
   });
 }
 
 bool remove_postgres_subscription(const std::string& conninfo, const std::string& id) {
   return detail::with_registry(conninfo, "removing a subscription", [&](detail::connection& c) {
-    return c.exec("DELETE FROM subscriptions WHERE id = $1 RETURNING 1", detail::params().add(id))
+    return c.exec(
+                "WITH gone AS (DELETE FROM subscriptions WHERE id = $1 RETURNING 1) "
+                "SELECT pg_notify($2, current_schema()) FROM gone",
+                detail::params().add(id).add(detail::subscriptions_channel))
                .rows() > 0;
   });
+}
+
+// ---------------------------------------------------------------------------------------------
+// postgres_subscription_sync
+
+class postgres_subscription_sync::impl {
+ public:
+  impl(registry& reg, std::string conninfo, options o)
+      : reg_(reg),
+        conninfo_(std::move(conninfo)),
+        where_(detail::describe(conninfo_)),
+        options_(std::move(o)),
+        listener_(conninfo_, where_) {
+    detail::check_conninfo(conninfo_, where_);
+    listener_.set_on_connect([this](detail::connection& c) {
+      c.exec(std::string("LISTEN ") + detail::subscriptions_channel);
+      schema_ = c.exec("SELECT current_schema()").str(0, 0);
+    });
+    try {
+      listener_.ensure();
+    } catch (const std::exception& e) {
+      throw error(where_ + ": subscriptions: " + e.what());
+    }
+    // The first load throws: a worker without its subscriptions should not start.
+    load(/*rethrow=*/true);
+    thread_ = std::thread([this] { run(); });
+  }
+
+  ~impl() {
+    stopping_ = true;
+    if (thread_.joinable()) thread_.join();
+  }
+
+  std::uint64_t loads() const { return loads_.load(); }
+
+ private:
+  void load(bool rethrow) {
+    load_report report;
+    std::string failure;
+    try {
+      auto rows = load_postgres_subscriptions(conninfo_);
+      std::set<std::string> disabled;
+      if (options_.states)
+        for (const auto& st : options_.states->load_states())
+          if (st.disabled) disabled.insert(st.subscription_id);
+      std::vector<subscription> subs;
+      subs.reserve(rows.size());
+      for (auto& row : rows) {
+        auto sub = subscription_from_json(row);
+        if (disabled.contains(sub.id)) sub.enabled = false;
+        subs.push_back(std::move(sub));
+      }
+      report = reg_.replace_all(std::move(subs));
+    } catch (const std::exception& e) {
+      if (rethrow) throw;
+      failure = e.what();
+    }
+    if (failure.empty()) ++loads_;
+    if (options_.on_load) {
+      try {
+        options_.on_load(report, failure);
+      } catch (...) {
+      }
+    }
+  }
+
+  void run() {
+    using steady = std::chrono::steady_clock;
+    auto next_poll = steady::now() + options_.poll;
+    auto delay = detail::kBackoffStart;
+    while (!stopping_) {
+      bool changed = false;
+      if (!listener_.connected()) {
+        try {
+          listener_.ensure();
+          delay = detail::kBackoffStart;
+          changed = true;  // what changed while we were away was not announced
+        } catch (const std::exception&) {
+          listener_.drop();
+          sleep_for(delay);
+          delay = std::min(delay * 2, detail::kBackoffMax);
+          continue;
+        }
+      } else {
+        PGconn* conn = listener_.raw();
+        pollfd pfd{PQsocket(conn), POLLIN, 0};
+        const int rc = ::poll(&pfd, 1, 200);  // also how often stopping_ is looked at
+        if ((rc < 0 && errno != EINTR) || PQconsumeInput(conn) == 0) {
+          listener_.drop();
+          continue;
+        }
+        while (PGnotify* n = PQnotifies(conn)) {
+          if (n->extra && schema_ == n->extra) changed = true;
+          PQfreemem(n);
+        }
+      }
+      if (steady::now() >= next_poll) changed = true;
+      if (changed && !stopping_) {
+        load(/*rethrow=*/false);
+        next_poll = steady::now() + options_.poll;
+      }
+    }
+  }
+
+  void sleep_for(std::chrono::milliseconds d) {
+    const auto until = std::chrono::steady_clock::now() + d;
+    while (!stopping_ && std::chrono::steady_clock::now() < until)
+      std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+
+  registry& reg_;
+  std::string conninfo_;
+  std::string where_;
+  options options_;
+  detail::connection listener_;
+  std::string schema_;
+  std::atomic<bool> stopping_{false};
+  std::atomic<std::uint64_t> loads_{0};
+  std::thread thread_;
+};
+
+postgres_subscription_sync::postgres_subscription_sync(registry& reg, std::string conninfo,
+                                                       options o)
+    : impl_(std::make_unique<impl>(reg, std::move(conninfo), std::move(o))) {}
+postgres_subscription_sync::~postgres_subscription_sync() = default;
+std::uint64_t postgres_subscription_sync::loads() const {
+  return impl_->loads();
 }
 
 }  // namespace hookline
