@@ -170,7 +170,7 @@ event parse_event(const json& j, const event_catalog& catalog, bool require_know
     } else if (canon) {
       r.bad("eventName", "'All' selects events in a filter; it is not an event");
     } else if (require_known) {
-      r.bad("eventName", "unknown event '" + text + "'");
+      r.bad("eventName", "unknown event '" + detail::printable(text) + "'");
     } else {
       e.event_name = text;
     }
@@ -220,7 +220,8 @@ event parse_event(const json& j, const event_catalog& catalog, bool require_know
     } else if (auto t = parse_iso8601(v->get_ref<const std::string&>())) {
       e.time = *t;
     } else {
-      r.bad("time", "'" + v->get<std::string>() + "' is not an ISO 8601 date-time");
+      r.bad("time",
+            "'" + detail::printable(v->get<std::string>()) + "' is not an ISO 8601 date-time");
     }
   }
   if (!errors.empty())

@@ -4,6 +4,8 @@
 #include <mutex>
 #include <unordered_map>
 
+#include <spdlog/spdlog.h>
+
 #include "dispatcher/dispatcher.hpp"
 #include "dispatcher/ids.hpp"
 #include "hookline/hookline.hpp"
@@ -54,6 +56,8 @@ void validate(const delivery_options& d) {
 class hub::impl {
  public:
   explicit impl(options o) : opts_(std::move(o)) {
+    validate(opts_.delivery);  // first, and for publish-only hubs too
+    if (!opts_.logger) opts_.logger = spdlog::get("hookline");  // the host's, if it registered one
     if (!opts_.logger) opts_.logger = std::make_shared<spdlog::logger>("hookline");
     if (!opts_.clock) opts_.clock = std::make_shared<system_clock>();
     if (opts_.worker_id.empty()) opts_.worker_id = detail::default_worker_id();
@@ -81,7 +85,6 @@ class hub::impl {
       ctx.hooks = opts_.hooks;
       ctx.delivery = opts_.delivery;
       ctx.worker_id = opts_.worker_id;
-      validate(opts_.delivery);
       ctx.user_agent = opts_.delivery.user_agent.empty() ? "hookline/" + std::string(version())
                                                          : opts_.delivery.user_agent;
       ctx.counters = &counters_;

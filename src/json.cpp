@@ -16,12 +16,34 @@ std::string json_error_reason(const nlohmann::json::exception& e) {
   std::string out(what);
   constexpr std::string_view last_read = "; last read: '";
   if (const auto p = out.find(last_read); p != std::string::npos) {
-    // The token may hold anything, quotes included; what nlohmann expected comes after it.
-    const auto expected = out.rfind("'; expected ");
-    if (expected != std::string::npos && expected + 1 >= p + last_read.size())
-      out.erase(p, expected + 1 - p);
-    else
-      out.erase(p);
+    // The token may hold anything, "'; expected " included: keep what nlohmann expected only
+    // when the message ends with one of its own token names.
+    static constexpr std::string_view tokens[] = {"<uninitialized>",
+                                                  "true literal",
+                                                  "false literal",
+                                                  "null literal",
+                                                  "string literal",
+                                                  "number literal",
+                                                  "'['",
+                                                  "'{'",
+                                                  "']'",
+                                                  "'}'",
+                                                  "':'",
+                                                  "','",
+                                                  "<parse error>",
+                                                  "end of input",
+                                                  "'[', '{', or a literal",
+                                                  "unknown token"};
+    std::string kept;
+    for (const auto t : tokens) {
+      const std::string tail = "'; expected " + std::string(t);
+      if (out.size() >= p + last_read.size() + tail.size() - 1 && out.ends_with(tail)) {
+        kept = tail.substr(1);
+        break;
+      }
+    }
+    out.erase(p);
+    out += kept;
   }
   return out;
 }

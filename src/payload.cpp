@@ -76,30 +76,20 @@ void append_time(std::string& out, std::int64_t second_of_day) {
   append_digits(out, second_of_day % 60, 2);
 }
 
-std::string format_date_time(const instant& t) {
+// `YYYY-MM-DDTHH:MM:SS.fffZ` with `fraction_digits` digits of the second: 3 for hookline's own
+// times, 7 for .NET's round-trip form ("O") that sensenet's date templates write
+// (2024-01-31T10:20:30.4560000Z).
+std::string format_date_time(const instant& t, int fraction_digits = 3) {
   const auto c = to_civil(t.seconds);
   std::string out;
-  out.reserve(24);
+  out.reserve(21 + static_cast<std::size_t>(fraction_digits));
   append_date(out, c.date);
   out += 'T';
   append_time(out, c.second_of_day);
   out += '.';
-  append_digits(out, t.nanos / 1'000'000, 3);
-  out += 'Z';
-  return out;
-}
-
-// .NET's round-trip format ("O") of a UTC DateTime, which sensenet's date templates write:
-// 2024-01-31T10:20:30.4560000Z (seven fractional digits).
-std::string format_round_trip(const instant& t) {
-  const auto c = to_civil(t.seconds);
-  std::string out;
-  out.reserve(28);
-  append_date(out, c.date);
-  out += 'T';
-  append_time(out, c.second_of_day);
-  out += '.';
-  append_digits(out, t.nanos / 100, 7);
+  std::int64_t fraction = t.nanos;
+  for (int i = fraction_digits; i < 9; ++i) fraction /= 10;
+  append_digits(out, fraction, fraction_digits);
   out += 'Z';
   return out;
 }
@@ -436,7 +426,7 @@ std::optional<nlohmann::json> resolve(std::string_view name, const event& e,
       t = *shifted;
     }
     if (t.seconds < first_second || t.seconds > last_second) return std::nullopt;
-    return nlohmann::json(format_round_trip(t));
+    return nlohmann::json(format_date_time(t, 7));
   }
 
   if (!rest.empty()) return std::nullopt;

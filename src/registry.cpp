@@ -291,6 +291,9 @@ class registry::impl {
   /// Adds or replaces (keeping the registration position). `track` = false when the base is
   /// about to be rebuilt anyway (replace_all), so no delta is kept.
   void put(subscription s, bool track = true) {
+    // As sensenet sends it, and as the message, the request and the attempt log all show it.
+    for (auto& ch : s.http_method)
+      if (ch >= 'a' && ch <= 'z') ch = static_cast<char>(ch - 'a' + 'A');
     std::uint64_t seq;
     if (auto it = seq_of.find(s.id); it != seq_of.end()) {
       seq = it->second;

@@ -18,6 +18,25 @@ inline char ascii_lower(char c) noexcept {
   return (c >= 'A' && c <= 'Z') ? static_cast<char>(c - 'A' + 'a') : c;
 }
 
+/// `text` with control characters (below 0x20, and 0x7f) written as \xNN: what a receiver or an
+/// event producer sends must not forge log lines or drive a terminal.
+inline std::string printable(std::string_view text) {
+  static constexpr char hex[] = "0123456789ABCDEF";
+  std::string out;
+  out.reserve(text.size());
+  for (const char ch : text) {
+    const auto c = static_cast<unsigned char>(ch);
+    if (c < 0x20 || c == 0x7f) {
+      out += "\\x";
+      out += hex[c >> 4];
+      out += hex[c & 15];
+    } else {
+      out += ch;
+    }
+  }
+  return out;
+}
+
 inline std::string ascii_upper(std::string_view s) {
   std::string out(s);
   for (auto& c : out)

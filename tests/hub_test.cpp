@@ -7,8 +7,10 @@
 #include <functional>
 #include <regex>
 #include <set>
+#include <sstream>
 #include <thread>
 
+#include <spdlog/sinks/ostream_sink.h>
 #include <spdlog/spdlog.h>
 
 #include "hookline/hookline.hpp"
@@ -257,6 +259,28 @@ TEST(hub, a_saved_disabled_state_holds_for_a_whole_batch_and_a_whole_claim) {
   const std::vector<event> more{make_event(), make_event(), make_event()};
   EXPECT_TRUE(h.publish(more).message_ids.empty());
   EXPECT_FALSE(h.subscriptions().get("s")->enabled);
+}
+
+// Without options.logger the hub (and the store it opens) log through the logger the host
+// registered as "hookline"; the store used to, the hub did not, and then the hub's sinkless
+// logger silenced the store as well.
+TEST(hub, without_a_logger_the_hub_uses_the_one_registered_as_hookline) {
+  std::ostringstream log;
+  auto registered = std::make_shared<spdlog::logger>(
+      "hookline", std::make_shared<spdlog::sinks::ostream_sink_mt>(log));
+  spdlog::register_logger(registered);
+  {
+    auto store = make_store("memory:");
+    store->save_state({"s", true, "HTTP 410 Gone", std::nullopt});
+    auto o = publish_only();
+    o.store_instance = store;
+    hub h(o);
+    h.subscriptions().add(make_sub("s", "https://a.example.com/in"));
+    EXPECT_TRUE(h.publish(make_event()).message_ids.empty());
+  }
+  spdlog::drop("hookline");
+  registered->flush();
+  EXPECT_NE(log.str().find("subscription s stays disabled"), std::string::npos) << log.str();
 }
 
 TEST(hub, a_saved_disabled_state_holds_for_every_event_of_a_publish_batch) {

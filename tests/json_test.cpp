@@ -75,5 +75,29 @@ TEST(json, statistics_have_no_success_rate_without_calls) {
   EXPECT_EQ(j["failures"], 1);
 }
 
+// nlohmann ends a syntax error with the text it last read, which may be a secret pasted with a
+// stray character; the reason keeps what it expected only when that is one of its token names.
+TEST(json, error_reasons_never_repeat_the_text_the_parser_read) {
+  const auto reason = [](const std::string& text) {
+    try {
+      const auto parsed = nlohmann::json::parse(text);
+      ADD_FAILURE() << "parsed: " << parsed.dump();
+      return std::string();
+    } catch (const nlohmann::json::exception& e) {
+      return json_error_reason(e);
+    }
+  };
+  auto r = reason("{\"secret\": \"whsec_MfKQ9r8GKYqr\t\"}");
+  EXPECT_EQ(r.find("MfKQ9r8"), std::string::npos) << r;
+  EXPECT_NE(r.find("control character U+0009"), std::string::npos) << r;
+  EXPECT_EQ(r.find("[json.exception"), std::string::npos) << r;
+  // A token that imitates the "; expected ..." tail is cut too.
+  r = reason("{\"x\": \"a'; expected SECRETTAIL\t\"}");
+  EXPECT_EQ(r.find("SECRETTAIL"), std::string::npos) << r;
+  // What nlohmann expected, when it says, stays.
+  r = reason("{\"a\": 1 x}");
+  EXPECT_NE(r.find("expected '}'"), std::string::npos) << r;
+}
+
 }  // namespace
 }  // namespace hookline

@@ -276,6 +276,18 @@ TEST(registry, add_rejects_an_invalid_subscription_listing_every_field) {
   EXPECT_FALSE(r.get("bad"));
 }
 
+// Built through the C++ API too: the message, the request and the attempt log all say "PATCH".
+TEST(registry, methods_are_kept_upper_cased) {
+  registry r;
+  subscription s;
+  s.id = "a";
+  s.url = "https://a.example.com/";
+  s.http_method = "patch";
+  r.add(s);
+  EXPECT_EQ(r.get("a")->http_method, "PATCH");
+  EXPECT_EQ(r.current()->find("a")->http_method, "PATCH");
+}
+
 TEST(registry, add_refuses_a_duplicate_id_and_update_an_unknown_one) {
   registry r;
   r.add(sub("s", "/Root", {{"File", {"Create"}}}));

@@ -342,6 +342,8 @@ int run_worker(const run_flags& f) {
           console::instance().error_line(std::string("hookline worker: ") + e.what() +
                                          "; still waiting for the store");
         store_down = true;
+        // An error that comes at once (not an outage's 30 s of retries) must not spin.
+        std::this_thread::sleep_for(std::chrono::seconds(1));
       }
     }
     timespec wait{};

@@ -237,8 +237,8 @@ int run_enable(const std::string& uri, const std::string& subscription_id) {
   store->save_state({subscription_id, false, {}, std::nullopt});
   std::cout << "subscription \"" << subscription_id << "\" enabled (it was disabled: "
             << (it->reason.empty() ? "no reason saved" : it->reason)
-            << "); workers started from now on send to it, running ones once they reload their "
-               "subscriptions"
+            << "); workers started from now on send to it, running ones keep it disabled until "
+               "they are restarted"
             << std::endl;
   return exit_ok;
 }

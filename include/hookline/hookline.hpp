@@ -100,7 +100,9 @@ struct options {
   std::string repository;  ///< `repository` in the default body; default: the host name
   std::size_t queue_capacity = 1000000;  ///< pending messages publish() lets wait, in any store
   overflow_policy overflow = overflow_policy::block;
-  std::shared_ptr<spdlog::logger> logger;  ///< default: a logger named "hookline" (no sinks)
+  /// Default: the logger registered in spdlog as "hookline", else one without sinks. The hub's
+  /// store (one it opens from `store`) logs through it too.
+  std::shared_ptr<spdlog::logger> logger;
   std::shared_ptr<hookline::clock> clock;  ///< default: the system clock
 };
 

@@ -6,41 +6,18 @@
 #include <iterator>
 #include <string_view>
 
+#include "registry_util.hpp"
 #include "signer.hpp"
 
 namespace hookline::detail {
 
 namespace {
 
-bool iequals(std::string_view a, std::string_view b) {
-  return a.size() == b.size() && std::equal(a.begin(), a.end(), b.begin(), [](char x, char y) {
-           return std::tolower(static_cast<unsigned char>(x)) ==
-                  std::tolower(static_cast<unsigned char>(y));
-         });
-}
-
 bool sends_body(std::string_view method) {
   return !iequals(method, "GET") && !iequals(method, "HEAD");
 }
 
 }  // namespace
-
-std::string printable(std::string_view text) {
-  static constexpr char hex[] = "0123456789ABCDEF";
-  std::string out;
-  out.reserve(text.size());
-  for (const char ch : text) {
-    const auto c = static_cast<unsigned char>(ch);
-    if (c < 0x20 || c == 0x7f) {
-      out += "\\x";
-      out += hex[c >> 4];
-      out += hex[c & 15];
-    } else {
-      out += ch;
-    }
-  }
-  return out;
-}
 
 std::string loggable_url(std::string_view url) {
   auto scheme = url.find("://");
@@ -127,25 +104,25 @@ outcome classify(const http_response& r, time_point now) {
     case error_kind::timeout:
       o.k = outcome::kind::retry;
       o.unhealthy = true;
-      o.reason = "timeout: " + r.error;
+      o.reason = "timeout: " + printable(r.error);
       return o;
     case error_kind::network:
       o.k = outcome::kind::retry;
       o.unhealthy = true;
-      o.reason = "network error: " + r.error;
+      o.reason = "network error: " + printable(r.error);
       return o;
     case error_kind::tls:
       o.k = outcome::kind::retry;
       o.unhealthy = true;
-      o.reason = "TLS error: " + r.error;
+      o.reason = "TLS error: " + printable(r.error);
       return o;
     case error_kind::refused:
       o.k = outcome::kind::permanent;
-      o.reason = r.error.empty() ? "refused by the SSRF guard" : r.error;
+      o.reason = r.error.empty() ? "refused by the SSRF guard" : printable(r.error);
       return o;
     case error_kind::invalid:
       o.k = outcome::kind::permanent;
-      o.reason = "invalid request: " + r.error;
+      o.reason = "invalid request: " + printable(r.error);
       return o;
   }
   const int s = r.status;

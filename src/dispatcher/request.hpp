@@ -41,8 +41,5 @@ outcome classify(const http_response& r, time_point now);
 /// A URL as it may appear in a log line or a failure reason: no user info, query or fragment
 /// (they may hold credentials).
 std::string loggable_url(std::string_view url);
-/// `text` with control characters (below 0x20, and 0x7f) written as \xNN: what a receiver sends
-/// must not forge log lines or drive a terminal.
-std::string printable(std::string_view text);
 
 }  // namespace hookline::detail

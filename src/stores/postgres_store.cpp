@@ -10,6 +10,7 @@
 #include <algorithm>
 #include <atomic>
 #include <cerrno>
+#include <cstdlib>
 #include <cstring>
 #include <functional>
 #include <mutex>
@@ -281,14 +282,11 @@ class connection {
   void ensure() {
     if (conn_ && PQstatus(conn_) == CONNECTION_OK) return;
     drop();
-    // Defaults the conninfo may override (later keywords win): over TCP a server that went
-    // silent (a partition, a dead host) is noticed in about 30 s instead of the kernel's many
-    // minutes, during which every call would block. A unix socket ignores them.
-    static constexpr const char* keywords[] = {
-        "connect_timeout",  "keepalives",       "keepalives_idle", "keepalives_interval",
-        "keepalives_count", "tcp_user_timeout", "dbname",          nullptr};
-    const char* values[] = {"10", "1", "30", "10", "3", "30000", conninfo_.c_str(), nullptr};
-    conn_ = PQconnectdbParams(keywords, values, /*expand_dbname=*/1);
+    if (keywords_.empty()) choose_defaults();
+    std::vector<const char*> values = default_values_;
+    values.push_back(conninfo_.c_str());
+    values.push_back(nullptr);
+    conn_ = PQconnectdbParams(keywords_.data(), values.data(), /*expand_dbname=*/1);
     if (PQstatus(conn_) != CONNECTION_OK) {
       std::string msg = PQerrorMessage(conn_);
       drop();
@@ -305,6 +303,39 @@ class connection {
     if (conn_) PQfinish(conn_);
     conn_ = nullptr;
     prepared_.clear();  // prepared statements live and die with the server session
+  }
+
+  // Defaults for what the conninfo, the environment and a service file leave unset: over TCP a
+  // server that went silent (a partition, a dead host) fails a call in about 30 s instead of
+  // blocking it for the kernel's many minutes. A unix socket ignores them.
+  void choose_defaults() {
+    struct setting {
+      const char* key;
+      const char* value;
+      const char* env;
+    };
+    static constexpr setting defaults[] = {{"connect_timeout", "10", "PGCONNECT_TIMEOUT"},
+                                           {"keepalives", "1", nullptr},
+                                           {"keepalives_idle", "30", nullptr},
+                                           {"keepalives_interval", "10", nullptr},
+                                           {"keepalives_count", "3", nullptr},
+                                           {"tcp_user_timeout", "30000", nullptr}};
+    std::set<std::string> given;
+    if (PQconninfoOption* opts = PQconninfoParse(conninfo_.c_str(), nullptr)) {
+      for (auto* o = opts; o->keyword; ++o)
+        if (o->val && *o->val) given.insert(o->keyword);
+      PQconninfoFree(opts);
+    }
+    const bool service = given.contains("service") || std::getenv("PGSERVICE");
+    for (const auto& d : defaults) {
+      if (service || given.contains(d.key) || (d.env && std::getenv(d.env))) continue;
+      // tcp_user_timeout came with libpq 12; an older one refuses the whole connection.
+      if (std::string_view(d.key) == "tcp_user_timeout" && PQlibVersion() < 120000) continue;
+      keywords_.push_back(d.key);
+      default_values_.push_back(d.value);
+    }
+    keywords_.push_back("dbname");  // last: expanded from the conninfo
+    keywords_.push_back(nullptr);
   }
   bool connected() const { return conn_ && PQstatus(conn_) == CONNECTION_OK; }
   PGconn* raw() const { return conn_; }
@@ -443,6 +474,8 @@ class connection {
 
  private:
   std::string conninfo_;
+  std::vector<const char*> keywords_;        // defaults, then "dbname", then nullptr
+  std::vector<const char*> default_values_;  // one per default keyword
   const std::string& where_;
   PGconn* conn_ = nullptr;
   std::uint64_t generation_ = 0;
