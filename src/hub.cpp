@@ -109,13 +109,17 @@ class hub::impl {
     const auto now = opts_.clock->now();
     const render_context ctx{now, opts_.repository};
     std::vector<message> batch;
-    for (const auto& e : events) {
+    for (std::size_t i = 0; i < events.size(); ++i) {
+      const auto& e = events[i];
       const event* ev = &e;
       event filled;
-      if (e.id.empty() || !e.time) {
+      const auto canon = canonical_name(
+          e, events.size() == 1 ? "publish: " : "publish: event " + std::to_string(i + 1) + ": ");
+      if (e.id.empty() || !e.time || canon) {
         filled = e;
         if (filled.id.empty()) filled.id = detail::new_event_id();
         if (!filled.time) filled.time = now;
+        if (canon) filled.event_name = *canon;
         ev = &filled;
       }
       for (const auto& sub : snap->match(*ev)) {
@@ -139,6 +143,7 @@ class hub::impl {
     event filled = e;
     if (filled.id.empty()) filled.id = detail::new_event_id();
     if (!filled.time) filled.time = now;
+    if (auto canon = canonical_name(e, "fire: ")) filled.event_name = *canon;
     std::vector<message> batch;
     add_message(filled, *sub, now, ctx, batch, /*rethrow=*/true);
     auto result = commit(std::move(batch), 1);
@@ -218,6 +223,17 @@ class hub::impl {
  private:
   void check_open() {
     if (stopped_) throw error("hookline: publish after stop()");
+  }
+
+  // As event_from_json does: a known name in its catalog spelling ("create" goes out as "Create",
+  // returned when it differs); an empty name or "All" refused, naming the event of a batch.
+  std::optional<std::string> canonical_name(const event& e, const std::string& where) {
+    if (e.event_name.empty()) throw error(where + "event_name: must not be empty");
+    auto canon = registry_->catalog().canonical(e.event_name);
+    if (canon && *canon == all_events)
+      throw error(where + "event_name: 'All' selects events in a filter; it is not an event");
+    if (canon && *canon != e.event_name) return canon;
+    return std::nullopt;
   }
 
   void wake() {

@@ -283,6 +283,37 @@ TEST(hub, without_a_logger_the_hub_uses_the_one_registered_as_hookline) {
   EXPECT_NE(log.str().find("subscription s stays disabled"), std::string::npos) << log.str();
 }
 
+// publish() treats an event's name as event_from_json does (it used to send "create" as it was
+// and deliver an event without a name to every `All` subscription).
+TEST(hub, publish_spells_event_names_as_the_catalog_and_refuses_none_and_all) {
+  auto store = make_store("memory:");
+  auto o = publish_only();
+  o.store_instance = store;
+  hub h(o);
+  h.subscriptions().add(make_sub("s", "https://a.example.com/in"));
+  auto e = make_event();
+  e.event_name = "create";
+  const auto ids = h.publish(e).message_ids;
+  ASSERT_EQ(ids.size(), 1u);
+  EXPECT_EQ(store->get(ids[0])->event_name, "Create");
+  for (const std::string bad : {"", "all"}) {
+    std::vector<event> batch{make_event(), make_event()};
+    batch[1].event_name = bad;
+    try {
+      h.publish(batch);
+      ADD_FAILURE() << "published an event named '" << bad << "'";
+    } catch (const error& err) {
+      EXPECT_NE(std::string(err.what()).find("event 2: event_name"), std::string::npos)
+          << err.what();
+    }
+  }
+  EXPECT_EQ(store->query({}).size(), 1u);  // nothing of the refused batches
+  e.event_name = "MyHostEvent";            // not in the catalog: as given
+  const auto host = h.publish(e).message_ids;
+  ASSERT_EQ(host.size(), 1u);
+  EXPECT_EQ(store->get(host[0])->event_name, "MyHostEvent");
+}
+
 TEST(hub, a_saved_disabled_state_holds_for_every_event_of_a_publish_batch) {
   auto store = make_store("memory:");
   store->save_state({"s", true, "HTTP 410 Gone", std::nullopt});

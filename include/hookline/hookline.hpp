@@ -134,7 +134,9 @@ class hub {
 
   /// Matches, creates one message per matching subscription, enqueues, wakes the dispatcher.
   /// Returns once the messages are stored (committed, for a durable store). Never waits on the
-  /// network. Throws hookline::error after stop().
+  /// network. A known event name is written in the catalog's spelling ("create" as "Create").
+  /// Throws hookline::error after stop(), and for an event without a name or named "All"
+  /// (naming it; nothing of the batch is enqueued then).
   publish_result publish(const event& e);
   publish_result publish(std::span<const event> events);
   /// sensenet's FireWebHook: sends `e` to one subscription, bypassing its filter (not its
