@@ -470,39 +470,37 @@ TEST(registry, load_file_accepts_a_sensenet_odata_export) {
   }
 }
 
-TEST(registry, load_file_reports_a_syntax_error_with_file_and_line) {
-  temp_dir dir;
-  const auto file = dir.path() / "broken.json";
-  write_file(file, "[\n  {\"id\": \"a\",\n   \"url\": }\n]\n");
+// What load_file throws for a file holding `text` (nothing is loaded).
+std::string load_file_error(const std::filesystem::path& file, const std::string& text) {
+  write_file(file, text);
   registry r;
   try {
     r.load_file(file);
-    FAIL() << "expected error";
+    ADD_FAILURE() << "expected an error";
   } catch (const error& e) {
-    const std::string what = e.what();
-    EXPECT_NE(what.find(file.string()), std::string::npos) << what;
-    EXPECT_NE(what.find("line 3"), std::string::npos) << what;
+    EXPECT_EQ(r.size(), 0u);
+    return e.what();
   }
-  EXPECT_EQ(r.size(), 0u);
+  return {};
+}
+
+TEST(registry, load_file_reports_a_syntax_error_with_file_and_line) {
+  temp_dir dir;
+  const auto file = dir.path() / "broken.json";
+  const auto what = load_file_error(file, "[\n  {\"id\": \"a\",\n   \"url\": }\n]\n");
+  EXPECT_NE(what.find(file.string()), std::string::npos) << what;
+  EXPECT_NE(what.find("line 3"), std::string::npos) << what;
 }
 
 // nlohmann's message ends with the text it last read, here most of a secret pasted with a tab.
 TEST(registry, load_file_syntax_errors_never_repeat_the_text_they_read) {
   temp_dir dir;
-  const auto file = dir.path() / "pasted.json";
-  write_file(file,
-             "[{\"id\": \"a\", \"url\": \"https://h/\",\n  \"secret\": "
-             "\"whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw\t\"}]\n");
-  registry r;
-  try {
-    r.load_file(file);
-    FAIL() << "expected error";
-  } catch (const error& e) {
-    const std::string what = e.what();
-    EXPECT_NE(what.find("line 2"), std::string::npos) << what;
-    EXPECT_NE(what.find("control character"), std::string::npos) << what;
-    EXPECT_EQ(what.find("MfKQ9r8"), std::string::npos) << what;
-  }
+  const auto what = load_file_error(dir.path() / "pasted.json",
+                                    "[{\"id\": \"a\", \"url\": \"https://h/\",\n  \"secret\": "
+                                    "\"whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw\t\"}]\n");
+  EXPECT_NE(what.find("line 2"), std::string::npos) << what;
+  EXPECT_NE(what.find("control character"), std::string::npos) << what;
+  EXPECT_EQ(what.find("MfKQ9r8"), std::string::npos) << what;
 }
 
 TEST(registry, load_file_of_a_missing_file_names_it) {
