@@ -375,7 +375,8 @@ class hub::impl {
       applied_disabled_[sub->id] = {sub, reason};
       saved_disabled_.erase(it);
     }
-    registry_->set_enabled(sub->id, false);
+    // Not over a replacement the host made since `sub` was read: that one is the host's to say.
+    registry_->set_enabled_if_unchanged(sub, false);
     opts_.logger->warn("subscription {} stays disabled: {}", sub->id, reason);
     return true;
   }

@@ -394,6 +394,21 @@ bool registry::set_enabled(std::string_view id, bool enabled) {
   return true;
 }
 
+bool registry::set_enabled_if_unchanged(const std::shared_ptr<const subscription>& seen,
+                                        bool enabled) {
+  std::lock_guard lock(impl_->write_mutex);
+  auto it = impl_->seq_of.find(seen->id);
+  if (it == impl_->seq_of.end()) return false;
+  const subscription& current = impl_->live.at(it->second)->value;
+  if (&current != seen.get()) return false;  // replaced since `seen` was read
+  if (current.enabled == enabled) return true;
+  subscription copy = current;
+  copy.enabled = enabled;
+  impl_->put(std::move(copy));
+  impl_->publish();
+  return true;
+}
+
 std::optional<subscription> registry::get(std::string_view id) const {
   if (auto s = current()->find(id)) return *s;
   return std::nullopt;

@@ -408,9 +408,15 @@ TEST(postgres_store_restart, a_server_restart_mid_run_loses_nothing_and_stalls_n
 
   std::atomic<int> enqueued{0};
   std::atomic<bool> producer_failed{false};
+  std::atomic<bool> restarted{false};
   std::thread producer([&] {
     try {
       for (int i = 0; i < total; i += 4) {
+        // Half of the messages come after the restart, however long it takes on a busy machine
+        // (the producer used to finish before a slow restart began).
+        const auto deadline = std::chrono::steady_clock::now() + 60s;
+        while (i == total / 2 && !restarted && std::chrono::steady_clock::now() < deadline)
+          std::this_thread::sleep_for(5ms);
         std::vector<message> b;
         for (int j = i; j < i + 4; ++j)
           b.push_back(make_message("m" + std::to_string(j), "s", now));
@@ -449,6 +455,7 @@ TEST(postgres_store_restart, a_server_restart_mid_run_loses_nothing_and_stalls_n
   while (enqueued < total / 4 && !producer_failed) std::this_thread::sleep_for(1ms);
   EXPECT_TRUE(cluster.restart());
   const int after_restart = enqueued;
+  restarted = true;
   producer.join();
   worker.join();
   EXPECT_LT(after_restart, total) << "the restart should happen mid-run";

@@ -288,6 +288,29 @@ TEST(registry, methods_are_kept_upper_cased) {
   EXPECT_EQ(r.current()->find("a")->http_method, "PATCH");
 }
 
+TEST(registry, set_enabled_if_unchanged_acts_only_on_the_object_it_was_given) {
+  registry r;
+  subscription s;
+  s.id = "a";
+  s.url = "https://a.example.com/";
+  r.add(s);
+  const auto seen = r.current()->find("a");
+  ASSERT_TRUE(seen);
+  EXPECT_TRUE(r.set_enabled_if_unchanged(seen, false));
+  EXPECT_FALSE(r.get("a")->enabled);
+  // `seen` is now an old object: enabling through it changes nothing.
+  EXPECT_FALSE(r.set_enabled_if_unchanged(seen, true));
+  EXPECT_FALSE(r.get("a")->enabled);
+  r.upsert(s);  // the host's new configuration, enabled
+  const auto fresh = r.current()->find("a");
+  EXPECT_FALSE(r.set_enabled_if_unchanged(seen, false));
+  EXPECT_TRUE(r.get("a")->enabled);
+  EXPECT_TRUE(r.set_enabled_if_unchanged(fresh, true));  // already so: true, nothing changes
+  EXPECT_EQ(r.current()->find("a"), fresh);
+  r.remove("a");
+  EXPECT_FALSE(r.set_enabled_if_unchanged(fresh, false));
+}
+
 TEST(registry, add_refuses_a_duplicate_id_and_update_an_unknown_one) {
   registry r;
   r.add(sub("s", "/Root", {{"File", {"Create"}}}));

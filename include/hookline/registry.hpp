@@ -75,6 +75,10 @@ class registry {
   void upsert(subscription s);
   bool remove(std::string_view id);
   bool set_enabled(std::string_view id, bool enabled);
+  /// set_enabled for a subscription read from a snapshot: changes nothing, and returns false, if
+  /// it was replaced (or removed) since, so a decision taken on old data never overrides a
+  /// newer configuration.
+  bool set_enabled_if_unchanged(const std::shared_ptr<const subscription>& seen, bool enabled);
   std::optional<subscription> get(std::string_view id) const;
   std::vector<subscription> list() const;
   std::size_t size() const;
